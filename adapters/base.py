@@ -1,0 +1,206 @@
+"""The adapter interface every model family implements.
+
+An adapter is thin: it loads a model (foundation checkpoint or same-architecture random
+init), names its parameter blocks in forward order, turns ``ase.Atoms`` into the library's
+graph once, and runs a batched forward pass. Training lives in ``adapters/training.py``,
+shared by all families so comparisons are fair.
+
+Units and shapes at this boundary (the ASE vocabulary):
+
+* ``energy``  [n_structures]           eV (total energy)
+* ``forces``  [n_atoms_total, 3]       eV/Å, = -dE/dx
+* ``stress``  [n_structures, 3, 3]     eV/Å³, ASE sign (positive = tensile), i.e. 1/V dE/dε
+
+``Predictions.stress`` is Voigt-6 in ASE order (xx, yy, zz, yz, xz, xy), like the labels.
+
+Example:
+    >>> adapter = CHGNetAdapter("0.3.0").load()
+    >>> [b.name for b in adapter.blocks()]
+    >>> adapter.freeze(5)          # embedding + 4 interaction blocks frozen
+    >>> adapter.predict(frames).energy
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    import torch
+    from ase import Atoms
+
+
+class CheckpointUnavailable(RuntimeError):  # noqa: N818 - reads as a status
+    """The foundation checkpoint cannot be had here; the message says how to supply it."""
+
+
+class UnsupportedElements(ValueError):  # noqa: N818
+    """The model has no parameters for some elements of the dataset."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A group of parameters in forward order; ``kind`` is one of KINDS."""
+
+    name: str
+    kind: str
+    prefixes: tuple[str, ...]
+    n_params: int
+
+
+KINDS = ("embedding", "interaction", "readout", "reference")
+
+
+@dataclass
+class Predictions:
+    """Batched predictions in ASE units (see the module docstring)."""
+
+    energy: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray | None
+    n_atoms: np.ndarray
+
+
+class Adapter(abc.ABC):
+    """Base class: constructors store settings only; learned state ends in ``_``."""
+
+    family: ClassVar[str]
+    default_checkpoint: ClassVar[str]
+
+    def __init__(self, checkpoint: str | None = None, *, device: str = "cpu", seed: int = 0):
+        self.checkpoint = checkpoint or self.default_checkpoint
+        self.device = device
+        self.seed = seed
+
+    # -- family-specific pieces ---------------------------------------------------------
+    @abc.abstractmethod
+    def _build(self, *, scratch: bool) -> torch.nn.Module:
+        """The foundation model, or the same architecture with random weights."""
+
+    @abc.abstractmethod
+    def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(name, kind, parameter-name prefixes) in forward order; reference block last."""
+
+    @abc.abstractmethod
+    def featurize(self, atoms: Atoms) -> Any:
+        """One structure as the library's graph; built once per structure and reused."""
+
+    @abc.abstractmethod
+    def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
+        """Batched forward: ``energy`` [B] eV, ``forces`` [N,3] eV/Å, ``stress`` [B,3,3] eV/Å³."""
+
+    @abc.abstractmethod
+    def reference_energies(self) -> dict[int, float]:
+        """Per-element reference energy (eV per atom) the model adds to its output."""
+
+    @abc.abstractmethod
+    def set_reference_energies(self, e0: dict[int, float]) -> None:
+        """Overwrite the per-element references for the given atomic numbers."""
+
+    @abc.abstractmethod
+    def supported_numbers(self) -> set[int]:
+        """Atomic numbers the model has parameters for."""
+
+    # -- shared behaviour ---------------------------------------------------------------
+    def load(self, *, scratch: bool = False) -> Self:
+        import torch  # noqa: PLC0415
+
+        torch.manual_seed(self.seed)
+        self.scratch_ = scratch
+        self.model_ = self._build(scratch=scratch).to(self.device)
+        self.model_.train(False)
+        self.frozen_k_ = 0
+        return self
+
+    def blocks(self) -> list[Block]:
+        params = dict(self.model_.named_parameters())
+        blocks, seen = [], set()
+        for name, kind, prefixes in self.block_layout():
+            names = [p for p in params if p.startswith(prefixes)]
+            seen.update(names)
+            blocks.append(Block(name, kind, prefixes, sum(params[p].numel() for p in names)))
+        missing = sorted(set(params) - seen)
+        if missing:
+            msg = f"{self.family}: parameters outside every block: {missing[:5]}"
+            raise AssertionError(msg)
+        return blocks
+
+    def freeze(self, k: int, *, train_reference: bool = False) -> Self:
+        """Freeze the first ``k`` non-reference blocks; the reference block trains only if asked."""
+        layout = self.block_layout()
+        n_free = len(layout) - 1
+        if not 0 <= k <= n_free:
+            raise ValueError(f"freeze level {k} out of range 0..{n_free} for {self.family}")
+        frozen = tuple(p for _, _, prefixes in layout[:k] for p in prefixes)
+        reference = layout[-1][2]
+        for name, param in self.model_.named_parameters():
+            if name.startswith(reference):
+                param.requires_grad_(train_reference)
+            else:
+                param.requires_grad_(not name.startswith(frozen))
+        self.frozen_k_ = k
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        params = list(self.model_.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return {"trainable": trainable, "total": sum(p.numel() for p in params)}
+
+    def check_elements(self, frames: Sequence[Atoms]) -> None:
+        present = {int(z) for a in frames for z in a.numbers}
+        missing = sorted(present - self.supported_numbers())
+        if missing:
+            from ase.data import chemical_symbols  # noqa: PLC0415
+
+            names = ", ".join(chemical_symbols[z] for z in missing)
+            raise UnsupportedElements(f"{self.family} ({self.checkpoint}) does not cover: {names}")
+
+    def predict(self, frames: Sequence[Atoms], *, batch_size: int = 16,
+                stress: bool = True, graphs: list | None = None) -> Predictions:
+        """Batched prediction; ``graphs`` may pass already-featurized structures."""
+        self.check_elements(frames)
+        graphs = graphs if graphs is not None else [self.featurize(a) for a in frames]
+        energy, forces, stresses = [], [], []
+        for start in range(0, len(graphs), batch_size):
+            out = self.forward(graphs[start : start + batch_size], stress=stress)
+            energy.append(out["energy"].detach().cpu().double().numpy())
+            forces.append(out["forces"].detach().cpu().double().numpy())
+            if stress:
+                stresses.append(out["stress"].detach().cpu().double().numpy())
+        voigt = None
+        if stress:
+            full = np.concatenate(stresses)
+            voigt = full.reshape(-1, 9)[:, [0, 4, 8, 5, 2, 1]]
+        return Predictions(
+            energy=np.concatenate(energy),
+            forces=np.concatenate(forces),
+            stress=voigt,
+            n_atoms=np.array([len(a) for a in frames]),
+        )
+
+    def inference_speed(self, frames: Sequence[Atoms], *, batch_size: int = 16,
+                        repeats: int = 3) -> dict[str, float]:
+        """Atoms per second of ``predict`` on featurized inputs, after one warm-up pass."""
+        graphs = [self.featurize(a) for a in frames]
+        self.predict(frames, batch_size=batch_size, graphs=graphs)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.predict(frames, batch_size=batch_size, graphs=graphs)
+            times.append(time.perf_counter() - t0)
+        n_atoms = sum(len(a) for a in frames)
+        return {"inference_atoms_per_s": n_atoms / float(np.median(times)),
+                "inference_repeats": repeats}
+
+    def save(self, path: Path) -> Path:
+        import torch  # noqa: PLC0415
+
+        torch.save(self.model_.state_dict(), path)
+        return path

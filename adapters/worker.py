@@ -1,0 +1,152 @@
+"""Worker process: runs one job inside its family's environment.
+
+    <family-env>/bin/python -m adapters.worker job.json
+
+The job (written by ``bench.runner``) names the adapter, checkpoint, strategy, data files
+and indices; the worker writes one result JSON (atomically) and a predictions ``.npz``,
+and appends one JSON line per epoch to the progress file. Expected outcomes (checkpoint
+missing, elements not covered, divergence) become ``skipped``/``diverged`` results; any
+other exception is written as ``failed`` with its traceback before exiting non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import platform
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from bench.store import atomic_write_json
+
+
+def environment(family_packages: list[str], threads: int, device: str) -> dict:
+    import torch  # noqa: PLC0415
+
+    versions = {}
+    for pkg in ["torch", "numpy", "ase", "e3nn", *family_packages]:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"packages": versions, "python": platform.python_version(), "threads": threads,
+            "device": device, "cpu": cpu, "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
+
+
+def _read_frames(path: str):
+    from datasets.converters import read_ase_file  # noqa: PLC0415
+
+    return read_ase_file(Path(path))
+
+
+def _labels(frames) -> dict:
+    has_stress = all("stress" in a.calc.results for a in frames)
+    return {
+        "energy": np.array([a.calc.results["energy"] for a in frames]),
+        "forces": np.concatenate([a.calc.results["forces"] for a in frames]),
+        "stress": np.array([a.calc.results["stress"] for a in frames]) if has_stress else None,
+        "n_atoms": np.array([len(a) for a in frames]),
+    }
+
+
+def run_job(job: dict, progress) -> dict:
+    """Load, freeze, train and evaluate as the job says; return the result fields."""
+    from adapters.base import CheckpointUnavailable, UnsupportedElements  # noqa: PLC0415
+    from adapters.training import Diverged, TrainConfig, refit_reference_energies, train  # noqa: PLC0415
+    from bench.metrics import error_metrics  # noqa: PLC0415
+
+    module, cls_name = job["adapter"].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    result: dict = {"status": "ok", "reason": None}
+    pool, test = _read_frames(job["data"]["pool"]), _read_frames(job["data"]["test"])
+    train_frames = [pool[i] for i in job["data"]["train"]]
+    val_frames = [pool[i] for i in job["data"]["val"]]
+    strategy = job["strategy"]
+
+    t0 = time.perf_counter()
+    adapter = cls(job["checkpoint"], device=job["device"], seed=job["seed"])
+    try:
+        adapter.load(scratch=strategy == "scratch")
+        adapter.check_elements([*train_frames, *val_frames, *test])
+    except (CheckpointUnavailable, UnsupportedElements) as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    timing = {"load_s": time.perf_counter() - t0}
+    result["blocks"] = [{"name": b.name, "kind": b.kind, "n_params": b.n_params} for b in adapter.blocks()]
+
+    if strategy != "zero-shot":
+        e0 = job["e0_policy"]
+        adapter.freeze(job["freeze_k"], train_reference=e0 == "train")
+        if e0 == "refit":
+            refit = refit_reference_energies(adapter, train_frames)
+            result["reference_energies_ev"] = {str(z): v for z, v in refit.items()}
+        cfg = TrainConfig(**job["train_config"])
+        try:
+            hist = train(adapter, train_frames, val_frames, cfg,
+                         on_epoch=lambda row: progress({**row, "epochs": cfg.epochs}))
+        except Diverged as exc:
+            return {**result, "status": "diverged", "reason": str(exc), "diverged_epoch": exc.epoch}
+        summary = hist.as_dict()
+        result["curve"] = summary.pop("epochs")
+        timing |= summary
+        later = result["curve"][1:]
+        if later:
+            timing["data_fraction_after_epoch1"] = (
+                sum(r["data_s"] for r in later) / sum(r["epoch_s"] for r in later))
+    result["parameters"] = adapter.parameter_counts()
+
+    preds = adapter.predict(test, stress=True)
+    ref = _labels(test)
+    pred = {"energy": preds.energy, "forces": preds.forces, "stress": preds.stress,
+            "n_atoms": preds.n_atoms}
+    result["metrics"] = error_metrics(pred, ref, [a.info["group"] for a in test])
+    np.savez_compressed(job["predictions_path"], **{f"pred_{k}": v for k, v in pred.items() if v is not None},
+                        **{f"ref_{k}": v for k, v in ref.items() if v is not None},
+                        groups=np.array([a.info["group"] for a in test]))
+    timing |= adapter.inference_speed(test)
+    timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["timing"] = timing
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    job_path = Path((argv or sys.argv[1:])[0])
+    job = json.loads(job_path.read_text())
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(job["threads"])
+    torch.set_default_dtype(torch.float32)
+    progress_path = Path(job["progress_path"])
+
+    def progress(row: dict) -> None:
+        with progress_path.open("a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+
+    started = time.time()
+    try:
+        result = run_job(job, progress)
+        code = 0
+    except Exception as exc:  # any failure becomes a record, never a lost run
+        result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()[-4000:]}
+        code = 1
+    result["environment"] = environment(job["packages"], job["threads"], job["device"])
+    result["wall_s"] = time.time() - started
+    atomic_write_json(Path(job["result_path"]), result)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Command line: ``python -m bench {run,list,report}``.
+
+Examples:
+    python -m bench run --models all                      # embedded default (quick, CPU)
+    python -m bench run --models chgnet --sizes 10,50,100 --seeds 0,1 --epochs 20
+    python -m bench run --models chgnet --strategies zero-shot,freeze-3 --dataset data.xyz
+    python -m bench list models
+    python -m bench report reports/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.config import DEFAULT_STRATEGIES, E0_POLICIES, SweepConfig
+from bench.registry import MODELS, STRATEGY_HELP, UnknownName
+from datasets.errors import DatasetError
+from datasets.splits import parse_size
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="plan and run a sweep, then write its report")
+    run.add_argument("--models", help="'all' or a comma list of " + ", ".join(MODELS))
+    run.add_argument("--dataset", help="registered name (see `list datasets`) or an .xyz/.traj path")
+    run.add_argument("--sizes", type=lambda s: tuple(parse_size(x) for x in _csv(s)),
+                     help="training sizes: counts (50), fractions (0.1) or percentages (10%%)")
+    run.add_argument("--strategies", type=_csv, help=f"comma list; default {','.join(DEFAULT_STRATEGIES)}")
+    run.add_argument("--seeds", type=lambda s: tuple(int(x) for x in _csv(s)))
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", type=int, dest="batch_size")
+    run.add_argument("--lr", type=float)
+    run.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    run.add_argument("--e0", dest="e0_policy", choices=sorted(E0_POLICIES),
+                     help="reference-energy policy (default refit)")
+    run.add_argument("--checkpoint", help="foundation checkpoint name or path (one model)")
+    run.add_argument("--device", help="cpu or cuda")
+    run.add_argument("--threads", type=int, help="torch threads per worker (default: all cores)")
+    run.add_argument("--run-timeout", type=float, dest="run_timeout_s", help="seconds per run")
+    run.add_argument("--out", help="results directory (default reports/default)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+
+    lst = sub.add_parser("list", help="list models, datasets or strategies")
+    lst.add_argument("what", nargs="?", default="models", choices=["models", "datasets", "strategies"])
+
+    rep = sub.add_parser("report", help="write report.md and report.html from stored records")
+    rep.add_argument("results", type=Path)
+    return parser
+
+
+def cmd_list(what: str) -> int:
+    if what == "models":
+        from bench import envs  # noqa: PLC0415
+
+        print(f"{'model':10} {'env':9} {'default checkpoint':32} {'blocks (forward order)':60} status")
+        for m in MODELS.values():
+            status = m.not_implemented or ("environment ready" if envs.env_python(m).exists()
+                                           else "environment built on first run")
+            print(f"{m.key:10} {m.env:9} {m.default_checkpoint:32} {', '.join(m.blocks):60} {status}")
+    elif what == "datasets":
+        from datasets.registry import catalog  # noqa: PLC0415
+
+        for name, entry in catalog().items():
+            print(f"{name:14} {entry['licence']:24} {entry['description']}")
+            print(f"{'':14} source: {entry['repo']}@{entry['commit'][:10]}; {entry['citation']}")
+    else:
+        for name, text in STRATEGY_HELP.items():
+            print(f"{name:22} {text}")
+        print("\nreference energies (--e0):")
+        for name, text in E0_POLICIES.items():
+            print(f"{name:22} {text}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.report import write_report  # noqa: PLC0415
+    from bench.runner import execute, make_plan  # noqa: PLC0415
+    from bench.store import Store  # noqa: PLC0415
+
+    given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run"}}
+    cfg = SweepConfig().override(**given)
+    plan = make_plan(cfg)
+    print(f"{len(plan.runs)} runs on {plan.dataset.name} ({len(plan.dataset.pool)} pool / "
+          f"{len(plan.dataset.test)} test structures) -> {cfg.out}", file=sys.stderr)
+    if args.dry_run:
+        for run in plan.runs:
+            print(f"{run.run_id}  {run.label}")
+        return 0
+    store = Store(Path(cfg.out)).prepare()
+    counts = execute(plan, store, log=lambda msg: print(msg, file=sys.stderr))
+    md, html = write_report(store.root)
+    print(f"done: {counts}; report: {md} and {html}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args.what)
+        if args.command == "report":
+            from bench.report import write_report  # noqa: PLC0415
+
+            md, html = write_report(args.results)
+            print(f"wrote {md} and {html}")
+            return 0
+        return cmd_run(args)
+    except (UnknownName, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,75 @@
+"""Seeded, group-aware train/validation splits with nested training subsets.
+
+For one seed the pool is shuffled once by leak group; the first groups form the
+validation set and the rest, in that order, is the training order. A training subset of
+size n is the first n frames of the order, so every smaller subset is contained in every
+larger one, and the test set (fixed by the dataset) never changes across sizes or seeds.
+
+Example:
+    >>> split = plan_split(["a", "b", "c", "d"], seed=0, val_fraction=0.25)
+    >>> split.train(2)  # indices into the pool, a prefix of split.order
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from datasets.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class Split:
+    val: tuple[int, ...]
+    order: tuple[int, ...]
+
+    def train(self, n: int) -> tuple[int, ...]:
+        if not 1 <= n <= len(self.order):
+            raise DatasetError(
+                f"training size {n} is impossible: the pool has {len(self.order)} frames "
+                f"available for training after holding out {len(self.val)} for validation"
+            )
+        return self.order[:n]
+
+
+def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float) -> Split:
+    """Shuffle leak groups with ``seed``; hold out ``val_fraction`` of them for validation."""
+    if not 0 < val_fraction < 1:
+        raise DatasetError(f"validation fraction {val_fraction} must be in (0, 1)")
+    unique = sorted(set(leak_groups))
+    if len(unique) < 2:
+        raise DatasetError("the training pool needs at least 2 independent groups to split")
+    rng = np.random.default_rng(seed)
+    shuffled = [unique[i] for i in rng.permutation(len(unique))]
+    n_val = min(max(1, round(val_fraction * len(unique))), len(unique) - 1)
+    val_groups = set(shuffled[:n_val])
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(leak_groups):
+        members.setdefault(g, []).append(i)
+    val = tuple(i for g in shuffled[:n_val] for i in members[g])
+    order = tuple(i for g in shuffled[n_val:] for i in members[g])
+    assert not val_groups & {leak_groups[i] for i in order}
+    return Split(val=val, order=order)
+
+
+def resolve_size(size: float, n_available: int) -> int:
+    """A count (int >= 1) or a fraction in (0, 1] of the available training frames."""
+    if isinstance(size, bool) or size <= 0:
+        raise DatasetError(f"training size {size!r} must be a positive count or a fraction")
+    if isinstance(size, float) and size <= 1:
+        return max(1, round(size * n_available))
+    if float(size) != int(size):
+        raise DatasetError(f"training size {size!r} is neither a fraction <= 1 nor a count")
+    return int(size)
+
+
+def parse_size(text: str) -> float:
+    """'50' -> 50 (count), '0.1' or '10%' -> 0.1 (fraction)."""
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            return float(text[:-1]) / 100
+        return float(text) if "." in text or "e" in text.lower() else int(text)
+    except ValueError as exc:
+        raise DatasetError(f"training size {text!r} is not a number, fraction or percentage") from exc
