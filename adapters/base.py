@@ -73,6 +73,7 @@ class Adapter(abc.ABC):
 
     family: ClassVar[str]
     default_checkpoint: ClassVar[str]
+    predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU
 
     def __init__(self, checkpoint: str | None = None, *, device: str = "cpu", seed: int = 0):
         self.checkpoint = checkpoint or self.default_checkpoint
@@ -162,9 +163,10 @@ class Adapter(abc.ABC):
             names = ", ".join(chemical_symbols[z] for z in missing)
             raise UnsupportedElements(f"{self.family} ({self.checkpoint}) does not cover: {names}")
 
-    def predict(self, frames: Sequence[Atoms], *, batch_size: int = 16,
+    def predict(self, frames: Sequence[Atoms], *, batch_size: int | None = None,
                 stress: bool = True, graphs: list | None = None) -> Predictions:
         """Batched prediction; ``graphs`` may pass already-featurized structures."""
+        batch_size = batch_size or self.predict_batch_size
         self.check_elements(frames)
         graphs = graphs if graphs is not None else [self.featurize(a) for a in frames]
         energy, forces, stresses = [], [], []
@@ -185,15 +187,13 @@ class Adapter(abc.ABC):
             n_atoms=np.array([len(a) for a in frames]),
         )
 
-    def inference_speed(self, frames: Sequence[Atoms], *, batch_size: int = 16,
-                        repeats: int = 3) -> dict[str, float]:
-        """Atoms per second of ``predict`` on featurized inputs, after one warm-up pass."""
-        graphs = [self.featurize(a) for a in frames]
-        self.predict(frames, batch_size=batch_size, graphs=graphs)
+    def inference_speed(self, frames: Sequence[Atoms], graphs: list, *,
+                        repeats: int = 2) -> dict[str, float]:
+        """Atoms per second of ``predict`` on featurized inputs; call after a warm-up predict."""
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            self.predict(frames, batch_size=batch_size, graphs=graphs)
+            self.predict(frames, graphs=graphs)
             times.append(time.perf_counter() - t0)
         n_atoms = sum(len(a) for a in frames)
         return {"inference_atoms_per_s": n_atoms / float(np.median(times)),

@@ -32,6 +32,9 @@ PRETRAINED = ("0.3.0", "0.2.0", "r2scan")
 class CHGNetAdapter(Adapter):
     family = "chgnet"
     default_checkpoint = "0.3.0"
+    # CHGNet keeps the double-backward graph (~0.5 GB per 54-atom cell): small batches are
+    # both faster and lighter for inference (measured: batch 2 1.3 s, batch 4 2.3 s / 8 cells).
+    predict_batch_size = 2
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
         from chgnet.model import CHGNet  # noqa: PLC0415

@@ -122,8 +122,9 @@ def _loss(adapter: Adapter, batch: list[_Target], cfg: TrainConfig, with_stress:
 
 def _evaluate(adapter: Adapter, data: list[_Target], cfg: TrainConfig, with_stress: bool) -> dict:
     totals: dict[str, float] = {}
-    for start in range(0, len(data), cfg.batch_size):
-        _, parts = _loss(adapter, data[start : start + cfg.batch_size], cfg, with_stress)
+    step = adapter.predict_batch_size
+    for start in range(0, len(data), step):
+        _, parts = _loss(adapter, data[start : start + step], cfg, with_stress)
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v
     e_mse = totals["e_sq_sum"] / totals["n_struct"]

@@ -1,0 +1,97 @@
+"""End-to-end sweeps through the CLI, real CHGNet workers in their own environment.
+
+The orchestrator runs here without torch; it builds (or reuses) .venvs/chgnet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--models", "chgnet", "--sizes", "2", "--epochs", "1", "--batch-size", "2", "--threads", "2"]
+
+
+def bench(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True,
+                          text=True, check=check, **kw)
+
+
+def records(out: Path) -> dict[str, dict]:
+    recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    return {f"{r['spec']['model']}/{r['spec']['strategy']}": r for r in recs}
+
+
+def test_sweep_writes_records_and_a_report_from_them(tmp_path):
+    out = tmp_path / "res"
+    proc = bench("run", *TINY, "--models", "chgnet,mace",
+                 "--strategies", "zero-shot,scratch,freeze-interactions", "--out", str(out))
+    recs = records(out)
+    assert {k: r["status"] for k, r in recs.items()} == {
+        "chgnet/zero-shot": "ok", "chgnet/scratch": "ok", "chgnet/freeze-interactions": "ok",
+        "mace/zero-shot": "skipped", "mace/scratch": "skipped", "mace/freeze-interactions": "skipped"}
+    assert "not implemented" in recs["mace/scratch"]["reason"]
+    frozen = recs["chgnet/freeze-interactions"]
+    assert frozen["parameters"]["trainable"] < recs["chgnet/scratch"]["parameters"]["trainable"]
+    assert frozen["curve"][0]["epoch"] == 1 and frozen["timing"]["step_time_median_s"] > 0
+    assert frozen["environment"]["packages"]["chgnet"] == "0.4.2"
+    assert set(frozen["metrics"]["per_group"]) == {"AIMD-NVT", "Elastic", "Surface", "Vacancy"}
+    report = (out / "report.md").read_text()
+    for rec in recs.values():
+        if rec["status"] == "ok":
+            assert f"{rec['metrics']['forces_rmse_mev_per_ang']:,.1f}" in report
+    assert "the MACE adapter is not implemented yet" in report
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    assert "epoch 1/1" in proc.stderr
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    out = tmp_path / "res"
+    args = ["run", *TINY, "--strategies", "zero-shot,finetune,freeze-embedding", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(out.glob("records/*.json")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # orchestrator and its worker, mid-sweep
+    proc.wait()
+    first = {p.name: p.read_text() for p in (out / "records").glob("*.json")}
+    assert len(first) < 3
+    time.sleep(1)
+    assert not list((out / "records").glob(".*tmp"))
+    done = bench(*args)
+    assert done.stderr.count("ok (stored)") == len(first)
+    final = {p.name: p.read_text() for p in (out / "records").glob("*.json")}
+    assert len(final) == 3 and all(final[name] == text for name, text in first.items())
+    assert all(json.loads(t)["status"] == "ok" for t in final.values())
+
+
+def test_worker_timeout_becomes_a_failed_record_and_the_sweep_continues(tmp_path):
+    out = tmp_path / "res"
+    bench("run", *TINY, "--strategies", "finetune,freeze-interactions", "--run-timeout", "2",
+          "--out", str(out))
+    recs = records(out)
+    assert [r["status"] for r in recs.values()] == ["failed", "failed"]
+    assert all("timed out after 2 s" in r["reason"] for r in recs.values())
+    assert "Failed, skipped and diverged runs" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--models", "chgnt"], "Did you mean 'chgnet'"),
+    (["--strategies", "freeze-embeding"], "Did you mean 'freeze-embedding'"),
+    (["--dataset", "snap-NbMoTa"], "Did you mean 'snap-NbMoTaW'"),
+    (["--sizes", "500"], "training size 500 is impossible"),
+    (["--epochs", "0"], "at least 1 epoch"),
+])
+def test_bad_arguments_fail_fast_with_a_suggestion(tmp_path, args, message):
+    proc = bench("run", "--dry-run", "--out", str(tmp_path), *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
