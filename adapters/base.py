@@ -74,6 +74,8 @@ class Adapter(abc.ABC):
     family: ClassVar[str]
     default_checkpoint: ClassVar[str]
     predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU
+    # False where the library keeps E0 in buffers (MACE, M3GNet): then `--e0 train` is refused.
+    reference_is_parameter: ClassVar[bool] = True
 
     def __init__(self, checkpoint: str | None = None, *, device: str = "cpu", seed: int = 0):
         self.checkpoint = checkpoint or self.default_checkpoint
@@ -136,6 +138,9 @@ class Adapter(abc.ABC):
     def freeze(self, k: int, *, train_reference: bool = False) -> Self:
         """Freeze the first ``k`` non-reference blocks; the reference block trains only if asked."""
         layout = self.block_layout()
+        if train_reference and not self.reference_is_parameter:
+            raise ValueError(f"{self.family} keeps its reference energies in buffers, which "
+                             "cannot train; use --e0 refit or --e0 foundation")
         n_free = len(layout) - 1
         if not 0 <= k <= n_free:
             raise ValueError(f"freeze level {k} out of range 0..{n_free} for {self.family}")

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import PROJECT_ROOT
 from bench.registry import ModelInfo
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 
 

@@ -9,8 +9,8 @@ from functools import cache
 from pathlib import Path
 
 import bench
+from bench import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @cache

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ase.io import write
 
-from bench import envs
+from bench import PROJECT_ROOT, envs
 from bench.config import SweepConfig
 from bench.progress import Progress
 from bench.provenance import now, provenance
@@ -33,7 +33,6 @@ from bench.store import SCHEMA_VERSION, Store, atomic_write_json, run_id
 from datasets import Dataset, load_dataset
 from datasets.splits import plan_split, resolve_size
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
