@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     run.add_argument("--e0", dest="e0_policy", choices=sorted(E0_POLICIES),
                      help="reference-energy policy (default refit)")
-    run.add_argument("--checkpoint", help="foundation checkpoint name or path (one model)")
+    run.add_argument("--checkpoint", help="foundation checkpoint name or path (one model), or model=PATH,... pairs")
     run.add_argument("--device", help="cpu or cuda")
     run.add_argument("--threads", type=int, help="torch threads per worker (default: all cores)")
     run.add_argument("--run-timeout", type=float, dest="run_timeout_s", help="seconds per run")

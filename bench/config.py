@@ -46,6 +46,18 @@ class SweepConfig:
         if not self.sizes and any(s != "zero-shot" for s in self.strategies):
             raise ValueError("--sizes: at least one training size is needed")
 
+    def checkpoint_for(self, model: str, n_models: int) -> str | None:
+        """``--checkpoint PATH`` (one model) or ``--checkpoint mace=PATH,chgnet=0.2.0``."""
+        if not self.checkpoint:
+            return None
+        pairs = [p.split("=", 1) for p in self.checkpoint.split(",") if "=" in p]
+        if not pairs:
+            if n_models > 1:
+                raise ValueError("--checkpoint PATH needs a single --models entry; with several "
+                                 "models use --checkpoint model=PATH[,model=PATH]")
+            return self.checkpoint
+        return dict(pairs).get(model)
+
     def train_config(self) -> dict:
         """The shared training loop's settings (adapters.training.TrainConfig fields)."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,

@@ -57,11 +57,13 @@ MODELS: dict[str, ModelInfo] = {
         citation="B. Deng et al., Nat. Mach. Intell. 5, 1031 (2023)",
     ),
     "mace": ModelInfo(
-        key="mace", family="mace", adapter=None, env="mace", packages=("mace-torch", "e3nn"),
-        default_checkpoint="mace-mp-0-small", checkpoints=("mace-mp-0-small", "mace-mp-0-medium"),
-        blocks=("embedding", "interaction", "interaction", "readout"), licence="MIT",
+        key="mace", family="mace", adapter="adapters.mace_adapter:MACEAdapter", env="mace",
+        packages=("mace-torch", "e3nn"), default_checkpoint="mace-mp-0-small",
+        checkpoints=("mace-mp-0-small", "mace-mp-0-medium"),
+        # embedding, interaction-0, product-0, interaction-1, product-1, readout
+        blocks=("embedding", "interaction", "interaction", "interaction", "interaction", "readout"),
+        licence="MIT (code); MACE-MP-0 weights MIT",
         citation="I. Batatia et al., arXiv:2401.00096",
-        not_implemented="the MACE adapter is not implemented yet (issue #3)",
     ),
     "m3gnet": ModelInfo(
         key="m3gnet", family="m3gnet", adapter=None, env="m3gnet", packages=("matgl",),

@@ -65,7 +65,7 @@ def make_plan(cfg: SweepConfig) -> Plan:
     runs = []
     for model in models:
         strategies = [resolve_strategy(name, model) for name in cfg.strategies]
-        checkpoint = cfg.checkpoint or model.default_checkpoint
+        checkpoint = cfg.checkpoint_for(model.key, len(models)) or model.default_checkpoint
         base = {"schema_version": SCHEMA_VERSION, "model": model.key, "family": model.family,
                 "checkpoint": checkpoint, "dataset": dataset.name, "dataset_sha256": dataset.sha256}
         for strategy in strategies:

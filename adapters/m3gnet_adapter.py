@@ -1,0 +1,170 @@
+"""M3GNet (matgl 4.1.2) adapter: a saved matgl ``Potential`` from a directory, a name under
+the local weights mirrors, or (with internet) the materialyze Hugging Face org.
+
+``model_`` is the matgl ``Potential``, so its ``element_refs``, ``data_mean`` and
+``data_std`` buffers travel with the weights. Blocks in forward order (``M3GNet.forward``):
+
+* ``embedding``: ``model.embedding`` (node ``nn.Embedding`` + edge MLP on the radial basis),
+  and the radial/spherical bases (buffers only in 4.1.2, listed in case a variant learns them);
+* ``interaction-0..2``: ``three_body_interactions[i]`` (edge update from the line graph),
+  then ``graph_layers[i]`` (M3GNetBlock: edge and node updates);
+* ``readout``: ``model.final_layer`` (WeightedReadOut: per-atom gated MLP, summed);
+* ``reference``: ``element_refs`` (AtomRef, a buffer: 0 parameters, eV per atom).
+
+Energy = data_std * model(g) + data_mean + sum of element refs (``Potential.forward``).
+matgl's stress is 1/V dE/dε in GPa, compressive negative: ASE's sign, so this adapter only
+divides by 160.2 to get eV/Å³ (checked against ``PESCalculator(stress_unit="eV/A3")``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adapters.base import Adapter, CheckpointUnavailable
+from bench import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+GPA_PER_EV_PER_A3 = 160.21766208
+HF_HOST = "huggingface.co"
+
+
+def _weights_dirs() -> list[Path]:
+    """Local mirrors searched for ``matgl/<name>``, in order."""
+    dirs = []
+    if os.environ.get("BENCH_WEIGHTS_DIR"):
+        dirs.append(Path(os.environ["BENCH_WEIGHTS_DIR"]) / "matgl")
+    dirs.append(PROJECT_ROOT.parent / "shared" / "weights" / "matgl")
+    return dirs
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connect to the hub within ``timeout`` s (in a thread: DNS has no timeout)."""
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((HF_HOST, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+class M3GNetAdapter(Adapter):
+    family = "m3gnet"
+    default_checkpoint = "M3GNet-MatPES-PBE-v2025.1-PES"
+    # predict on 16 cells of 54 atoms, 1 thread, batch 1 / 2 / 4 / 8 / 16: 1.02 / 0.97 / 0.93 /
+    # 1.05 / 1.64 s; on a busier machine (best of 4) 1.21 / 0.95 / 1.00 / 0.98 / 1.05 s. Flat
+    # from 2 to 8; 4 keeps the autograd graph small.
+    predict_batch_size = 4
+    reference_is_parameter = False  # AtomRef.property_offset is a buffer
+
+    def _load_potential(self):
+        import matgl  # noqa: PLC0415
+
+        ckpt = Path(self.checkpoint).expanduser()
+        if ckpt.is_dir():
+            return matgl.load_model(ckpt)
+        how = ("pass --checkpoint DIR (a saved matgl Potential: model.json, model.pt, state.pt) "
+               "or put it in $BENCH_WEIGHTS_DIR/matgl/<name>")
+        if len(ckpt.parts) > 1 and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.checkpoint):
+            raise CheckpointUnavailable(f"M3GNet checkpoint {self.checkpoint!r} is not an "
+                                        f"existing directory; {how}")
+        searched = [root / self.checkpoint for root in _weights_dirs()] if len(ckpt.parts) == 1 else []
+        for candidate in searched:  # a bare name: the local mirrors first
+            if (candidate / "model.json").is_file():
+                return matgl.load_model(candidate)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        if offline or _hub_reachable():  # HF_HUB_OFFLINE: matgl looks in its hub cache only
+            try:
+                return matgl.load_model(self.checkpoint)
+            except (ValueError, RuntimeError) as exc:
+                hub = f"matgl could not load it from the Hugging Face Hub ({exc.__cause__ or exc})"
+        else:
+            hub = f"the Hugging Face Hub ({HF_HOST}) is unreachable"
+        where = (f"neither a directory nor in {' or '.join(str(d) for d in searched)}" if searched
+                 else "not an existing directory")
+        raise CheckpointUnavailable(f"M3GNet checkpoint {self.checkpoint!r} is {where}, and {hub}; {how}")
+
+    def _build(self, *, scratch: bool) -> torch.nn.Module:
+        from matgl.apps.pes import Potential  # noqa: PLC0415
+        from matgl.layers import AtomRef  # noqa: PLC0415
+
+        potential = self._load_potential()
+        if potential.element_refs is None:  # references live here; give them a buffer
+            potential.element_refs = AtomRef(torch.zeros(len(potential.model.element_types)))
+        if scratch:  # same hyperparameters and element types, fresh weights, same buffers
+            model = type(potential.model)(**potential.model._init_args)
+            options = {k: v for k, v in potential._init_args.items()
+                       if k not in ("model", "data_mean", "data_std", "element_refs")}
+            potential = Potential(model, data_mean=potential.data_mean.clone(),
+                                  data_std=potential.data_std.clone(),
+                                  element_refs=potential.element_refs.property_offset.clone(),
+                                  **options)
+        potential.calc_forces = True
+        return potential
+
+    def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        layout = [("embedding", "embedding",
+                   ("model.embedding.", "model.bond_expansion.", "model.basis_expansion."))]
+        for i in range(self.model_.model.n_blocks):
+            layout.append((f"interaction-{i}", "interaction",
+                           (f"model.three_body_interactions.{i}.", f"model.graph_layers.{i}.")))
+        layout.append(("readout", "readout", ("model.final_layer.",)))
+        layout.append(("reference", "reference", ("element_refs.",)))
+        return layout
+
+    def featurize(self, atoms: Atoms) -> Any:
+        from matgl.ext.ase import Atoms2Graph  # noqa: PLC0415
+
+        model = self.model_.model
+        graph, lattice, _ = Atoms2Graph(model.element_types, model.cutoff).get_graph(atoms)
+        return graph.to(self.device), lattice.to(self.device)
+
+    def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
+        from torch_geometric.data import Batch  # noqa: PLC0415
+
+        # as matgl.graph.data.collate_fn_graph, without labels
+        batch = Batch.from_data_list([g for g, _ in graphs])
+        lattice = torch.cat([lat.reshape(-1, 3, 3) for _, lat in graphs])
+        calc_stresses, self.model_.calc_stresses = self.model_.calc_stresses, stress
+        try:
+            energy, forces, stresses, _ = self.model_(batch, lattice)
+        finally:
+            self.model_.calc_stresses = calc_stresses
+        result = {"energy": energy.reshape(-1), "forces": forces}
+        if stress:
+            result["stress"] = stresses.reshape(-1, 3, 3) / GPA_PER_EV_PER_A3
+        return result
+
+    def _symbols_to_numbers(self) -> list[int]:
+        from ase.data import atomic_numbers  # noqa: PLC0415
+
+        return [atomic_numbers[s] for s in self.model_.model.element_types]
+
+    def reference_energies(self) -> dict[int, float]:
+        offset = self.model_.element_refs.property_offset.detach()
+        return {z: float(offset[i]) for i, z in enumerate(self._symbols_to_numbers())}
+
+    def set_reference_energies(self, e0: dict[int, float]) -> None:
+        index = {z: i for i, z in enumerate(self._symbols_to_numbers())}
+        offset = self.model_.element_refs.property_offset
+        with torch.no_grad():
+            for z, value in e0.items():
+                offset[index[z]] = value
+
+    def supported_numbers(self) -> set[int]:
+        return set(self._symbols_to_numbers())
