@@ -68,7 +68,7 @@ class M3GNetAdapter(Adapter):
     default_checkpoint = "M3GNet-MatPES-PBE-v2025.1-PES"
     # predict on 16 cells of 54 atoms, 1 thread, batch 1 / 2 / 4 / 8 / 16: 1.02 / 0.97 / 0.93 /
     # 1.05 / 1.64 s; on a busier machine (best of 4) 1.21 / 0.95 / 1.00 / 0.98 / 1.05 s. Flat
-    # from 2 to 8; 4 keeps the autograd graph small.
+    # from 2 to 8 (16 is slower when quiet); 4 sits in the middle of the plateau.
     predict_batch_size = 4
     reference_is_parameter = False  # AtomRef.property_offset is a buffer
 
@@ -97,7 +97,8 @@ class M3GNetAdapter(Adapter):
             hub = f"the Hugging Face Hub ({HF_HOST}) is unreachable"
         where = (f"neither a directory nor in {' or '.join(str(d) for d in searched)}" if searched
                  else "not an existing directory")
-        raise CheckpointUnavailable(f"M3GNet checkpoint {self.checkpoint!r} is {where}, and {hub}; {how}")
+        raise CheckpointUnavailable(
+            f"M3GNet checkpoint {self.checkpoint!r} is {where}, and {hub}; {how}")
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
         from matgl.apps.pes import Potential  # noqa: PLC0415

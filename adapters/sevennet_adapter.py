@@ -45,8 +45,9 @@ def _no_download(path: str, url: str) -> str:
 class SevenNetAdapter(Adapter):
     family = "sevennet"
     default_checkpoint = "7net-0"
-    # Measured on 1 CPU thread, 16 Mo cells of 54 atoms, inference: batch 1 0.35, 2 0.37,
-    # 4 0.38, 8 0.40, 16 0.43 s per cell (see the report); larger batches only cost memory.
+    # e3nn work grows with the edges, so batching buys little on CPU. Measured (1 thread,
+    # 8 Mo cells of 54 atoms, best of 5 interleaved runs): batch 1 0.49, 2 0.54, 4 0.66,
+    # 8 0.81 s per cell; medians 0.72, 0.69, 0.71, 0.82. 1 and 2 are within the noise.
     predict_batch_size = 2
 
     def _checkpoint_path(self) -> str:

@@ -111,12 +111,12 @@ def _loss(adapter: Adapter, batch: list[_Target], cfg: TrainConfig, with_stress:
     e_err = (out["energy"] - e_ref) / n_atoms
     f_err = out["forces"] - torch.cat([t.forces for t in batch])
     loss = cfg.energy_weight * (e_err**2).mean() + cfg.forces_weight * (f_err**2).mean()
-    parts = {"e_sq_sum": float((e_err**2).sum()), "f_sq_sum": float((f_err**2).sum()),
+    parts = {"e_sq_sum": (e_err**2).sum().item(), "f_sq_sum": (f_err**2).sum().item(),
              "n_struct": len(batch), "n_f": f_err.numel()}
     if with_stress:
         s_err = (out["stress"] - torch.stack([t.stress for t in batch])) / units.GPa
         loss = loss + cfg.stress_weight * (s_err**2).mean()
-        parts |= {"s_sq_sum": float((s_err**2).sum()), "n_s": s_err.numel()}
+        parts |= {"s_sq_sum": (s_err**2).sum().item(), "n_s": s_err.numel()}
     return loss, parts
 
 
@@ -189,12 +189,12 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
             t_step = time.perf_counter()
             loss, _ = _loss(adapter, batch, cfg, with_stress)
             if not torch.isfinite(loss):
-                raise Diverged(epoch, float(loss))
+                raise Diverged(epoch, loss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             hist.step_times_s.append(time.perf_counter() - t_step)
-            losses.append(float(loss))
+            losses.append(loss.item())
         sched.step()
         adapter.model_.train(False)
         val = _evaluate(adapter, val_data, cfg, with_stress)

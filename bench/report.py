@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.metrics import METRICS
+from bench.registry import MODELS
 from bench.store import Store
 
 STRATEGY_ORDER = ["zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions",
@@ -72,6 +73,9 @@ def _results_table(groups: dict[tuple, list[dict]]) -> tuple[list[str], list[lis
         k = spec["freeze_k"]
         frozen = "–" if k is None else ("none" if k == 0 else
                                         f"{k}: {', '.join(b['name'] for b in blocks[:k])}")
+        native = dict(MODELS[spec["model"]].native_freeze).get(k) if spec["model"] in MODELS else None
+        if native:
+            frozen += f" ({native})"
         step = [x.get("step_time_median_s") for x in t]
         rows.append([
             spec["dataset"], f"{spec['model']} ({spec['checkpoint']})", spec["strategy"], frozen,

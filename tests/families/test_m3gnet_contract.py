@@ -60,6 +60,17 @@ def test_blocks_match_the_registry_and_cover_every_parameter(foundation):
     assert foundation.supported_numbers() >= {1, 41, 42, 73, 74, 94}
 
 
+def test_the_mp_2021_checkpoint_has_the_same_layout(foundation):
+    try:
+        mp = M3GNetAdapter("M3GNet-MP-2021.2.8-PES").load()
+    except CheckpointUnavailable as exc:
+        pytest.skip(str(exc))
+    blocks = mp.blocks()  # units=64 instead of 128: same blocks, fewer parameters
+    assert [b.name for b in blocks] == [b.name for b in foundation.blocks()]
+    assert sum(b.n_params for b in blocks) == mp.parameter_counts()["total"] == 288_157
+    assert mp.reference_energies()[42] != foundation.reference_energies()[42]
+
+
 def test_predict_agrees_with_matgl_calculator(foundation, mo):
     from matgl.ext.ase import PESCalculator
 
@@ -217,6 +228,7 @@ def test_metrics_of_a_prediction_round_trip(foundation, mo):
     ds, _ = mo
     frames = ds.test[:3]
     pred = foundation.predict(frames)
-    ref = {"energy": pred.energy, "forces": pred.forces, "stress": pred.stress, "n_atoms": pred.n_atoms}
+    ref = {"energy": pred.energy, "forces": pred.forces, "stress": pred.stress,
+           "n_atoms": pred.n_atoms}
     m = error_metrics({**ref}, ref)
     assert m["forces_rmse_mev_per_ang"] == 0 and m["n_structures"] == 3

@@ -288,3 +288,9 @@ def test_metrics_of_a_prediction_round_trip(foundation, mo):
     ref = {"energy": pred.energy, "forces": pred.forces, "stress": pred.stress, "n_atoms": pred.n_atoms}
     m = error_metrics({**ref}, ref)
     assert m["forces_rmse_mev_per_ang"] == 0 and m["n_structures"] == 3
+
+
+def test_registry_shows_the_same_native_freeze_names():
+    for k, label in get_model("mace").native_freeze:
+        n = int(label.rsplit(" ", 1)[1])
+        assert MACE_FREEZE_TO_K[n] == k, label
