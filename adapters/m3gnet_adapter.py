@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from adapters.base import Adapter, CheckpointUnavailable
+from adapters.offline import reachable
 from bench import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -44,23 +43,6 @@ def _weights_dirs() -> list[Path]:
         dirs.append(Path(os.environ["BENCH_WEIGHTS_DIR"]) / "matgl")
     dirs.append(PROJECT_ROOT.parent / "shared" / "weights" / "matgl")
     return dirs
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A TCP connect to the hub within ``timeout`` s (in a thread: DNS has no timeout)."""
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((HF_HOST, 443), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(ok)
 
 
 class M3GNetAdapter(Adapter):
@@ -88,7 +70,7 @@ class M3GNetAdapter(Adapter):
             if (candidate / "model.json").is_file():
                 return matgl.load_model(candidate)
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        if offline or _hub_reachable():  # HF_HUB_OFFLINE: matgl looks in its hub cache only
+        if offline or reachable(f"https://{HF_HOST}"):  # HF_HUB_OFFLINE: matgl looks in its hub cache only
             try:
                 return matgl.load_model(self.checkpoint)
             except (ValueError, RuntimeError) as exc:

@@ -22,10 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
-import threading
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +30,7 @@ import numpy as np
 import torch
 
 from adapters.base import Adapter, CheckpointUnavailable
+from adapters.offline import reachable
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -58,7 +56,6 @@ is a no-op in mace 0.3.16, i.e. k=0. For L layers use 1+2L and 2+2L for N=6 and 
 # (refit it), scale/shift are 1/0 and avg_num_neighbors is a typical value for 6 Å.
 MP_ELEMENTS = [*range(1, 84), *range(89, 95)]  # the 89 elements of MPtrj
 MP_HIDDEN = {"small": "128x0e", "medium": "128x0e + 128x1o"}
-_CONNECT_TIMEOUT_S = 3.0
 
 
 def mace_mp_name(checkpoint: str) -> str | None:
@@ -78,22 +75,6 @@ def cache_path(key: str) -> Path:
         return Path(local_model_path)
     name = "".join(c for c in os.path.basename(mace_mp_urls[key]) if c.isalnum() or c == "_")
     return Path(f"{get_cache_dir()}/{name}")
-
-
-def reachable(url: str, timeout: float = _CONNECT_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the URL's host (or the https proxy) opens within ``timeout``."""
-    target = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or url)
-    address = (target.hostname, target.port or (443 if target.scheme == "https" else 80))
-    ok: list[bool] = []
-
-    def probe():
-        with contextlib.suppress(OSError), socket.create_connection(address, timeout=timeout):
-            ok.append(True)
-
-    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(ok)
 
 
 def default_mp_model(size: str = "small") -> torch.nn.Module:

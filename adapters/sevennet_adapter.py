@@ -45,10 +45,11 @@ def _no_download(path: str, url: str) -> str:
 class SevenNetAdapter(Adapter):
     family = "sevennet"
     default_checkpoint = "7net-0"
-    # e3nn work grows with the edges, so batching buys little on CPU. Measured (1 thread,
-    # 8 Mo cells of 54 atoms, best of 5 interleaved runs): batch 1 0.49, 2 0.54, 4 0.66,
-    # 8 0.81 s per cell; medians 0.72, 0.69, 0.71, 0.82. 1 and 2 are within the noise.
-    predict_batch_size = 2
+    # e3nn work grows with the edges and bigger batches only add memory traffic on CPU.
+    # Measured (1 thread, 8 Mo cells of 54 atoms, best of 3 interleaved runs, idle machine):
+    # inference 0.34 / 0.35 / 0.39 / 0.47 s per cell at batch 1 / 2 / 4 / 8; training
+    # forward+backward with stress 1.07 / 1.29 / 1.46 s per cell at batch 1 / 2 / 4.
+    predict_batch_size = 1
 
     def _checkpoint_path(self) -> str:
         from sevenn import util  # noqa: PLC0415

@@ -6,7 +6,6 @@ import datetime
 import platform
 import subprocess
 from functools import cache
-from pathlib import Path
 
 import bench
 from bench import PROJECT_ROOT

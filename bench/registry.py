@@ -80,11 +80,11 @@ MODELS: dict[str, ModelInfo] = {
         citation="C. Chen and S. P. Ong, Nat. Comput. Sci. 2, 718 (2022)",
     ),
     "sevennet": ModelInfo(
-        key="sevennet", family="sevennet", adapter=None, env="sevennet", packages=("sevenn", "e3nn"),
-        default_checkpoint="7net-0", checkpoints=("7net-0",),
+        key="sevennet", family="sevennet", adapter="adapters.sevennet_adapter:SevenNetAdapter",
+        env="sevennet", packages=("sevenn", "e3nn"), default_checkpoint="7net-0",
+        checkpoints=("7net-0", "7net-0_22may2024", "7net-l3i5"),
         blocks=("embedding", *("interaction",) * 5, "readout"), licence="GPL-3.0",
         citation="Y. Park et al., J. Chem. Theory Comput. 20, 4857 (2024)",
-        not_implemented="the SevenNet adapter is not implemented yet (issue #3)",
     ),
 }
 
