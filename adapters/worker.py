@@ -81,8 +81,10 @@ def run_job(job: dict, progress) -> dict:
     try:
         adapter.load(scratch=strategy == "scratch")
         adapter.check_elements([*train_frames, *val_frames, *test])
-    except (CheckpointUnavailable, UnsupportedElements) as exc:
-        return {"status": "skipped", "reason": str(exc)}
+    except CheckpointUnavailable as exc:
+        return {"status": "skipped", "reason": str(exc), "skip_scope": "checkpoint"}
+    except UnsupportedElements as exc:
+        return {"status": "skipped", "reason": str(exc), "skip_scope": "model"}
     timing = {"load_s": time.perf_counter() - t0}
     result["blocks"] = [{"name": b.name, "kind": b.kind, "n_params": b.n_params} for b in adapter.blocks()]
 

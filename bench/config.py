@@ -1,7 +1,8 @@
 """Sweep settings: the embedded default and how CLI flags override it.
 
-The default (``quick``) is sized for a 2-core CPU: the small ``mlearn-Mo`` dataset, two
-training sizes, one seed, a few epochs. Bigger studies pass their own flags.
+The default (``quick``) is sized for a 2-core CPU and all four families: the small
+``mlearn-Mo`` dataset, 5 and 15 training structures, one seed, 4 epochs, 10 validation
+structures. It shows the pipeline and the trends; bigger studies pass their own flags.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ E0_POLICIES = {
 class SweepConfig:
     models: str = "all"
     dataset: str = "mlearn-Mo"
-    sizes: tuple[float, ...] = (10, 30)
+    sizes: tuple[float, ...] = (5, 15)
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seeds: tuple[int, ...] = (0,)
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 4
     lr: float = 1e-3
     patience: int = 5
     e0_policy: str = "refit"
-    val_fraction: float = 0.1
+    val_fraction: float = 0.05
     checkpoint: str | None = None
     device: str = "cpu"
     threads: int = 0  # 0: all cores of this machine

@@ -195,6 +195,7 @@ def execute(plan: Plan, store: Store, *, log=print) -> dict[str, int]:
     _write_frames(Path(data["pool"]), ds.pool)
     _write_frames(Path(data["test"]), ds.test)
     pythons: dict[str, Path | Exception] = {}
+    known_skips: dict[tuple, str] = {}  # a missing checkpoint is tried once per sweep
     counts = {"reused": 0}
     progress = Progress(len(plan.runs))
     for run in plan.runs:
@@ -205,8 +206,12 @@ def execute(plan: Plan, store: Store, *, log=print) -> dict[str, int]:
             progress.finish("ok (stored)", _summary(existing))
             continue
         started = now()
-        if run.model.not_implemented:
-            record = _record(run, "skipped", run.model.not_implemented, started)
+        scopes = [(run.model.key, run.spec["checkpoint"], "model")]
+        if not run.strategy.scratch:
+            scopes.append((run.model.key, run.spec["checkpoint"], "checkpoint"))
+        known = next((known_skips[s] for s in scopes if s in known_skips), None)
+        if run.model.not_implemented or known:
+            record = _record(run, "skipped", run.model.not_implemented or known, started)
         else:
             if run.model.env not in pythons:
                 try:
@@ -218,6 +223,8 @@ def execute(plan: Plan, store: Store, *, log=print) -> dict[str, int]:
                 record = _record(run, "failed", f"environment unavailable: {python}", started)
             else:
                 record = run_worker(run, python, data, store, plan.config, progress)
+                if record.get("skip_scope"):
+                    known_skips[(run.model.key, run.spec["checkpoint"], record["skip_scope"])] = record["reason"]
         store.put(record)
         counts[record["status"]] = counts.get(record["status"], 0) + 1
         progress.finish(record["status"], _summary(record))
