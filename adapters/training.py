@@ -76,7 +76,7 @@ class History:
         d = asdict(self)
         steps = d.pop("step_times_s")
         d["step_time_median_s"] = float(np.median(steps)) if steps else None
-        d["s_per_epoch"] = self.train_s / max(1, len(self.epochs))
+        d["s_per_epoch"] = self.train_s / max(1, len(self.epochs) - 1)  # epoch 0 is not trained
         return d
 
 
@@ -176,7 +176,10 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs,
                                                         eta_min=cfg.lr * cfg.lr_min_factor)
-    best_loss, best_state, since_best, first_loss = math.inf, None, 0, None
+    best_loss, best_state, since_best = math.inf, None, 0
+    initial = _evaluate(adapter, val_data, cfg, with_stress)  # epoch 0: the starting model
+    hist.epochs.append({"epoch": 0, "train_loss": None, **initial, "lr": cfg.lr,
+                        "elapsed_s": 0.0, "epoch_s": 0.0, "data_s": 0.0})
     t_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         adapter.model_.train(True)
@@ -198,8 +201,7 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
         sched.step()
         adapter.model_.train(False)
         val = _evaluate(adapter, val_data, cfg, with_stress)
-        first_loss = first_loss if first_loss is not None else val["val_loss"]
-        if not math.isfinite(val["val_loss"]) or val["val_loss"] > cfg.explode_factor * first_loss:
+        if not math.isfinite(val["val_loss"]) or val["val_loss"] > cfg.explode_factor * initial["val_loss"]:
             raise Diverged(epoch, val["val_loss"])
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), **val,
                "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - t_start,

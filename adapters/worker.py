@@ -103,7 +103,7 @@ def run_job(job: dict, progress) -> dict:
         summary = hist.as_dict()
         result["curve"] = summary.pop("epochs")
         timing |= summary
-        later = result["curve"][1:]
+        later = [row for row in result["curve"] if row["epoch"] >= 2]
         if later:
             timing["data_fraction_after_epoch1"] = (
                 sum(r["data_s"] for r in later) / sum(r["epoch_s"] for r in later))

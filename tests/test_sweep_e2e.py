@@ -43,7 +43,8 @@ def test_sweep_writes_records_and_a_report_from_them(tmp_path):
     assert recs["mace/scratch"]["parameters"]["total"] == 3_847_696  # MACE-MP-0 small shape
     frozen = recs["chgnet/freeze-interactions"]
     assert frozen["parameters"]["trainable"] < recs["chgnet/scratch"]["parameters"]["trainable"]
-    assert frozen["curve"][0]["epoch"] == 1 and frozen["timing"]["step_time_median_s"] > 0
+    assert [row["epoch"] for row in frozen["curve"]] == [0, 1]  # 0: the starting model
+    assert frozen["timing"]["step_time_median_s"] > 0
     assert frozen["environment"]["packages"]["chgnet"] == "0.4.2"
     assert set(frozen["metrics"]["per_group"]) == {"AIMD-NVT", "Elastic", "Surface", "Vacancy"}
     report = (out / "report.md").read_text()
@@ -107,3 +108,31 @@ def test_missing_checkpoint_is_skipped_with_how_to_supply_it(tmp_path):
     (rec,) = records(out).values()
     assert rec["status"] == "skipped"
     assert "nope.pth.tar" in rec["reason"] and "--checkpoint PATH" in rec["reason"]
+
+
+def test_mace_foundation_runs_when_a_checkpoint_file_is_supplied(tmp_path):
+    from bench import envs
+    from bench.registry import get_model
+
+    python = envs.ensure(get_model("mace"), log=lambda _: None)
+    made = subprocess.run([str(python), "tests/families/mace_standin.py", str(tmp_path / "mace")],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    model = made.stdout.strip().splitlines()[-1]
+    out = tmp_path / "res"
+    bench("run", *TINY, "--models", "mace", "--strategies", "zero-shot,freeze-interactions",
+          "--checkpoint", f"mace={model}", "--out", str(out))
+    recs = records(out)
+    assert {k: r["status"] for k, r in recs.items()} == {"mace/zero-shot": "ok",
+                                                         "mace/freeze-interactions": "ok"}
+    frozen = recs["mace/freeze-interactions"]
+    assert frozen["spec"]["checkpoint"] == model and frozen["spec"]["freeze_k"] == 5
+    assert 0 < frozen["parameters"]["trainable"] < frozen["parameters"]["total"]
+    assert "mace --freeze 6" in (out / "report.md").read_text()
+
+
+def test_exploding_training_is_recorded_as_diverged(tmp_path):
+    out = tmp_path / "res"
+    bench("run", *TINY, "--strategies", "finetune", "--lr", "1e6", "--epochs", "3", "--out", str(out))
+    (rec,) = records(out).values()
+    assert rec["status"] == "diverged" and rec["diverged_epoch"] >= 1
+    assert "loss diverged at epoch" in rec["reason"]
