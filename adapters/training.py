@@ -70,12 +70,16 @@ class History:
     featurize_s: float = 0.0
     train_s: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
+    step_structures: int = 0
     uses_stress: bool = False
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        steps = d.pop("step_times_s")
+        steps, n = d.pop("step_times_s"), d.pop("step_structures")
         d["step_time_median_s"] = float(np.median(steps)) if steps else None
+        # forward + backward + optimizer step per training structure: comparable across
+        # batch sizes and subset sizes (a last, smaller batch skews the median)
+        d["step_s_per_structure"] = float(np.sum(steps)) / n if n else None
         d["s_per_epoch"] = self.train_s / max(1, len(self.epochs) - 1)  # epoch 0 is not trained
         return d
 
@@ -197,6 +201,7 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
             loss.backward()
             opt.step()
             hist.step_times_s.append(time.perf_counter() - t_step)
+            hist.step_structures += len(batch)
             losses.append(loss.item())
         sched.step()
         adapter.model_.train(False)

@@ -61,7 +61,7 @@ class Section:
 def _results_table(groups: dict[tuple, list[dict]]) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "model", "strategy", "frozen blocks", "train size", "seeds",
               "E RMSE (meV/atom)", "F RMSE (meV/Å)", "S RMSE (GPa)", "trained params",
-              "train time (s)", "step time (ms)", "inference (atoms/s)"]
+              "train time (s)", "step (ms/structure)", "inference (atoms/s)"]
     rows = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], _strategy_key(k[3]), k[4])):
         recs = groups[key]
@@ -76,7 +76,7 @@ def _results_table(groups: dict[tuple, list[dict]]) -> tuple[list[str], list[lis
         native = dict(MODELS[spec["model"]].native_freeze).get(k) if spec["model"] in MODELS else None
         if native:
             frozen += f" ({native})"
-        step = [x.get("step_time_median_s") for x in t]
+        step = [x.get("step_s_per_structure") for x in t]
         rows.append([
             spec["dataset"], f"{spec['model']} ({spec['checkpoint']})", spec["strategy"], frozen,
             str(spec["train_size"]) if spec["train_size"] else "–", str(len(recs)),
@@ -93,12 +93,12 @@ def _results_table(groups: dict[tuple, list[dict]]) -> tuple[list[str], list[lis
 
 def _step_time_table(groups: dict[tuple, list[dict]]) -> tuple[list[str], list[list[str]]]:
     """Training step time per strategy relative to full fine-tuning, same model and size."""
-    header = ["model", "train size", "strategy", "trained params", "step time (ms)", "vs finetune"]
+    header = ["model", "train size", "strategy", "trained params", "step (ms/structure)", "vs finetune"]
     rows = []
     by_model: dict[tuple, dict[str, float]] = defaultdict(dict)
     params: dict[tuple, int] = {}
     for key, recs in groups.items():
-        steps = [r["timing"].get("step_time_median_s") for r in recs if r.get("timing")]
+        steps = [r["timing"].get("step_s_per_structure") for r in recs if r.get("timing")]
         steps = [s for s in steps if s]
         if steps and key[3] != "zero-shot":
             by_model[(key[0], key[1], key[4])][key[3]] = float(np.mean(steps))
@@ -130,6 +130,7 @@ def _group_table(groups: dict[tuple, list[dict]]) -> tuple[list[str], list[list[
 
 def _curves_figure(groups: dict[tuple, list[dict]], dataset: str, model: str) -> bytes | None:
     import matplotlib  # noqa: PLC0415
+    import matplotlib.ticker  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -157,6 +158,9 @@ def _curves_figure(groups: dict[tuple, list[dict]], dataset: str, model: str) ->
             ax.axhline(zero[metric], color="k", linestyle="--", label="zero-shot")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sizes = sorted({p[0] for pts in series.values() for p in pts})
+        ax.set_xticks(sizes, [str(x) for x in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("training structures")
         ax.set_ylabel(METRICS[metric])
         ax.grid(True, which="both", alpha=0.3)
@@ -191,8 +195,10 @@ def build_sections(records: list[dict]) -> list[Section]:
             curves.figures.append((f"curves-{ds}-{model}.png", png))
     sections.append(curves)
     steps = Section("Training step time by strategy",
-                    "Median forward+backward time of one training batch; frozen blocks need no "
-                    "parameter gradients, so steps should get cheaper as more is frozen.")
+                    "Forward + backward + optimizer step per training structure (total step time / "
+                    "structures seen); frozen blocks need no parameter gradients, so steps should "
+                    "get cheaper as more is frozen. Ratios compare runs of one model, size and "
+                    "machine.")
     steps.tables.append(_step_time_table(groups))
     sections.append(steps)
     per_group = Section("Errors per group of the test set")

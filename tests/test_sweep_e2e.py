@@ -44,7 +44,7 @@ def test_sweep_writes_records_and_a_report_from_them(tmp_path):
     frozen = recs["chgnet/freeze-interactions"]
     assert frozen["parameters"]["trainable"] < recs["chgnet/scratch"]["parameters"]["trainable"]
     assert [row["epoch"] for row in frozen["curve"]] == [0, 1]  # 0: the starting model
-    assert frozen["timing"]["step_time_median_s"] > 0
+    assert frozen["timing"]["step_s_per_structure"] > 0
     assert frozen["environment"]["packages"]["chgnet"] == "0.4.2"
     assert set(frozen["metrics"]["per_group"]) == {"AIMD-NVT", "Elastic", "Surface", "Vacancy"}
     report = (out / "report.md").read_text()
