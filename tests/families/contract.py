@@ -1,0 +1,157 @@
+"""The conformance checks every adapter passes, against its real library and weights.
+
+A family's test module subclasses :class:`AdapterContract` (as ``Test<Family>Contract``),
+sets the class attributes below, and provides three fixtures (``mo``, the mlearn-Mo data, comes from ``conftest.py``):
+
+* ``foundation``: the loaded foundation adapter (or the family's stand-in);
+* ``make``: ``make(seed=0, scratch=False)`` -> a freshly loaded adapter of that checkpoint;
+* ``calculator``: the library's own ASE calculator for the foundation's weights.
+
+Checks: blocks match the registry and cover every parameter; ``predict`` agrees with the
+library's calculator (energy, forces, stress); the dataset's stress convention agrees with
+the model (witness); trainable parameters shrink strictly with the freeze level; training
+keeps frozen blocks bit-identical, changes the readout and improves the forces; the E0
+refit solves its normal equation; scratch shares the architecture; seeds reproduce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import units
+
+from adapters.training import TrainConfig, refit_reference_energies, train
+from bench.registry import get_model, resolve_strategy
+from datasets import load_dataset
+
+SURFACE_AND_ELASTIC = {"Surface", "Elastic"}
+
+
+def forces_rmse(adapter, frames) -> float:
+    pred = adapter.predict(frames)
+    ref = np.concatenate([a.calc.results["forces"] for a in frames])
+    return float(np.sqrt(np.mean((pred.forces - ref) ** 2)))
+
+
+def count_weighted_residual(adapter, frames) -> float:
+    """Σ n·(E_dft − E_model) / Σ n² (eV/atom): zero after a one-element least-squares E0 fit."""
+    pred = adapter.predict(frames, stress=False)
+    residual = np.array([a.calc.results["energy"] for a in frames]) - pred.energy
+    n = pred.n_atoms.astype(float)
+    return float(n @ residual / (n @ n))
+
+
+class AdapterContract:
+    family: str
+    # |Δ| allowed against the library's calculator: energy per atom (eV), forces, stress
+    calculator_atol: tuple[float, float, float] = (2e-4, 2e-4, 2e-6)
+    # (dataset, group) pairs whose strained cells test the converters' stress convention
+    stress_witness: tuple[tuple[str, str], ...] = (("mlearn-Mo", "Elastic"),)
+    # short freeze-interactions training on the small Mo frames: train/val slices, config,
+    # and the factor by which test force RMSE must beat the starting model
+    train_slice: slice = slice(0, 8)
+    val_slice: slice = slice(8, 11)
+    train_config: TrainConfig = TrainConfig(epochs=4, lr=2e-3, batch_size=4)
+    improvement: float = 1.0
+
+    def test_blocks_match_the_registry_and_cover_every_parameter(self, foundation):
+        blocks = foundation.blocks()  # raises if a parameter belongs to no block
+        assert [b.kind for b in blocks[:-1]] == list(get_model(self.family).blocks)
+        assert blocks[-1].kind == "reference"
+        assert all(b.n_params > 0 for b in blocks[:-1])
+        assert len({b.name for b in blocks}) == len(blocks)
+        assert sum(b.n_params for b in blocks) == foundation.parameter_counts()["total"]
+        assert next(foundation.model_.parameters()).dtype == torch.float32
+
+    def test_predict_agrees_with_the_library_calculator(self, foundation, calculator, mo):
+        ds, _ = mo
+        frames = [ds.test[0], ds.test[-1], next(a for a in ds.test if a.info["group"] == "Surface")]
+        pred = foundation.predict(frames)
+        e_tol, f_tol, s_tol = self.calculator_atol
+        offset = 0
+        for i, atoms in enumerate(frames):
+            atoms = atoms.copy()
+            atoms.calc = calculator
+            n = len(atoms)
+            assert pred.energy[i] == pytest.approx(atoms.get_potential_energy(), abs=e_tol * n)
+            np.testing.assert_allclose(pred.forces[offset : offset + n], atoms.get_forces(), atol=f_tol)
+            np.testing.assert_allclose(pred.stress[i], atoms.get_stress(voigt=True), atol=s_tol)
+            offset += n
+
+    def test_dataset_stress_convention_matches_the_model(self, foundation):
+        """The converters' stress order and sign agree with an independent model (the witness)."""
+        if not self.stress_witness:
+            pytest.skip(f"{self.family}: no trustworthy pretrained witness here")
+        for name, group in self.stress_witness:
+            ds = load_dataset(name)
+            frames = [a for a in ds.pool if a.info["group"] == group][:12]
+            pred = foundation.predict(frames).stress
+            ref = np.array([a.calc.results["stress"] for a in frames])
+            excited = [k for k in range(6) if np.std(ref[:, k]) > 1e-3 * units.GPa]
+            assert {0, 1, 2} <= set(excited), name
+            for k in excited:
+                assert np.corrcoef(pred[:, k], ref[:, k])[0, 1] > 0.8, (name, k)
+
+    def test_freezing_shrinks_trainable_parameters_strictly(self, make):
+        adapter = make()
+        n_free = len(adapter.blocks()) - 1
+        counts = [adapter.freeze(k).parameter_counts()["trainable"] for k in range(n_free + 1)]
+        assert all(a > b for a, b in zip(counts, counts[1:], strict=False))
+        assert counts[-1] == 0
+        k = resolve_strategy("freeze-interactions", get_model(self.family)).freeze_k
+        assert counts[k] == adapter.blocks()[k].n_params  # only the readout trains
+        with pytest.raises(ValueError, match="out of range"):
+            adapter.freeze(n_free + 1)
+
+    def test_training_keeps_frozen_blocks_and_improves_forces(self, make, mo):
+        ds, small = mo
+        k = resolve_strategy("freeze-interactions", get_model(self.family)).freeze_k
+        adapter = make(seed=0).freeze(k)
+        test = [a for a in ds.test if a.info["group"] in SURFACE_AND_ELASTIC]
+        before_training = forces_rmse(adapter, test)
+        refit_reference_energies(adapter, small[self.train_slice])
+        before = {n: p.detach().clone() for n, p in adapter.model_.named_parameters()}
+        buffers = {n: b.clone() for n, b in adapter.model_.named_buffers()}
+        hist = train(adapter, small[self.train_slice], small[self.val_slice], self.train_config)
+        assert len(hist.epochs) >= 2 and hist.step_times_s
+        *frozen_blocks, readout, reference = adapter.blocks()
+        frozen = tuple(p for b in [*frozen_blocks, reference] for p in b.prefixes)
+        changed = []
+        for name, param in adapter.model_.named_parameters():
+            if name.startswith(frozen):
+                assert torch.equal(param, before[name]), f"frozen {name} changed"
+            elif name.startswith(readout.prefixes) and not torch.equal(param, before[name]):
+                changed.append(name)
+        assert changed, "no readout parameter changed"
+        for name, buf in adapter.model_.named_buffers():  # E0 and scale buffers stay fixed too
+            if buf.is_floating_point() and name in buffers:
+                assert torch.equal(buf, buffers[name]), f"buffer {name} changed"
+        assert forces_rmse(adapter, test) < self.improvement * before_training
+
+    def test_refit_solves_the_least_squares_normal_equation(self, make, mo):
+        _, small = mo
+        adapter = make()
+        before = count_weighted_residual(adapter, small)
+        old = adapter.reference_energies()
+        new = refit_reference_energies(adapter, small)
+        assert set(new) == {42}  # Mo only; other elements untouched
+        assert adapter.reference_energies()[42] == pytest.approx(new[42], abs=1e-6)
+        assert new[42] - old[42] == pytest.approx(before, abs=1e-4)
+        assert abs(count_weighted_residual(adapter, small)) < 1e-4 < abs(before)
+        unchanged = {z: v for z, v in adapter.reference_energies().items() if z != 42}
+        assert unchanged == {z: v for z, v in old.items() if z != 42}
+
+    def test_scratch_shares_the_architecture_and_seeds_reproduce(self, foundation, make, mo):
+        _, small = mo
+        a, b = make(seed=3, scratch=True), make(seed=3, scratch=True)
+        shapes = {n: p.shape for n, p in foundation.model_.named_parameters()}
+        assert {n: p.shape for n, p in a.model_.named_parameters()} == shapes
+        readout = foundation.blocks()[-2].prefixes
+        fnd, new = dict(foundation.model_.named_parameters()), dict(a.model_.named_parameters())
+        assert any(not torch.equal(new[n], fnd[n]) for n in fnd if n.startswith(readout))
+        cfg = TrainConfig(epochs=1, batch_size=2)
+        ha, hb = train(a, small[:4], small[4:6], cfg), train(b, small[:4], small[4:6], cfg)
+        assert np.isfinite(ha.epochs[1]["train_loss"])
+        assert ha.epochs[1]["train_loss"] == hb.epochs[1]["train_loss"]
+        assert ha.epochs[1]["val_loss"] == hb.epochs[1]["val_loss"]
