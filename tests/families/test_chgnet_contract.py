@@ -17,23 +17,26 @@ from tests.families.contract import AdapterContract  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def foundation():
+    return CHGNetAdapter("0.3.0").load()
+
+
+@pytest.fixture(scope="module")
+def make():
+    return lambda seed=0, scratch=False: CHGNetAdapter("0.3.0", seed=seed).load(scratch=scratch)
+
+
+@pytest.fixture(scope="module")
+def calculator(foundation):
+    from chgnet.model import CHGNetCalculator
+
+    return CHGNetCalculator(foundation.model_, use_device="cpu")
+
+
 class TestCHGNetContract(AdapterContract):
     family = "chgnet"
     stress_witness = (("mlearn-Mo", "Elastic"), ("snap-NbMoTaW", "Mo_Elastic"))
-
-    @pytest.fixture(scope="class")
-    def foundation(self):
-        return CHGNetAdapter("0.3.0").load()
-
-    @pytest.fixture(scope="class")
-    def make(self):
-        return lambda seed=0, scratch=False: CHGNetAdapter("0.3.0", seed=seed).load(scratch=scratch)
-
-    @pytest.fixture(scope="class")
-    def calculator(self, foundation):
-        from chgnet.model import CHGNetCalculator
-
-        return CHGNetCalculator(foundation.model_, use_device="cpu")
 
     def test_chgnet_block_sizes_and_trainable_atomref(self, make):
         adapter = make()

@@ -48,25 +48,28 @@ def foundation_path(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def foundation(foundation_path):
+    return MACEAdapter(str(foundation_path)).load()
+
+
+@pytest.fixture(scope="module")
+def make(foundation_path):
+    return lambda seed=0, scratch=False: MACEAdapter(str(foundation_path), seed=seed).load(scratch=scratch)
+
+
+@pytest.fixture(scope="module")
+def calculator(foundation_path):
+    from mace.calculators import MACECalculator
+
+    return MACECalculator(model_paths=str(foundation_path), device="cpu", default_dtype="float32")
+
+
 class TestMACEContract(AdapterContract):
     family = "mace"
     calculator_atol = (1e-5, 1e-5, 1e-7)
     stress_witness = ()  # the small stand-in is no witness; see the strain-derivative test
     train_config = TrainConfig(epochs=6, lr=1e-2, batch_size=4)
-
-    @pytest.fixture(scope="class")
-    def foundation(self, foundation_path):
-        return MACEAdapter(str(foundation_path)).load()
-
-    @pytest.fixture(scope="class")
-    def make(self, foundation_path):
-        return lambda seed=0, scratch=False: MACEAdapter(str(foundation_path), seed=seed).load(scratch=scratch)
-
-    @pytest.fixture(scope="class")
-    def calculator(self, foundation_path):
-        from mace.calculators import MACECalculator
-
-        return MACECalculator(model_paths=str(foundation_path), device="cpu", default_dtype="float32")
 
     def test_mace_blocks_and_buffer_references(self, foundation, make):
         assert [b.name for b in foundation.blocks()] == BLOCK_NAMES
@@ -81,10 +84,9 @@ def _trainable(adapter):
     return {n for n, p in adapter.model_.named_parameters() if p.requires_grad}
 
 
-def test_stress_is_the_strain_derivative_with_ase_sign(foundation_path, mo):
+def test_stress_is_the_strain_derivative_with_ase_sign(foundation, mo):
     """σ = 1/V dE/dε (positive = tensile), by central differences on a sheared Mo cell."""
     ds, _ = mo
-    foundation = MACEAdapter(str(foundation_path)).load()
     atoms = next(a for a in ds.test if a.info["group"] == "Elastic" and len(a) == 54)
     stress = foundation.predict([atoms]).stress[0]
     h, volume = 2e-3, atoms.get_volume()

@@ -22,6 +22,23 @@ torch.set_num_threads(1)
 N_PARAMS = 842_623  # 7net-0; 5 of them are the fixed convolution denominators
 
 
+@pytest.fixture(scope="module")
+def foundation():
+    return SevenNetAdapter("7net-0").load()
+
+
+@pytest.fixture(scope="module")
+def make():
+    return lambda seed=0, scratch=False: SevenNetAdapter("7net-0", seed=seed).load(scratch=scratch)
+
+
+@pytest.fixture(scope="module")
+def calculator():
+    from sevenn.calculator import SevenNetCalculator
+
+    return SevenNetCalculator("7net-0", device="cpu")  # its own model: it makes it unbatched
+
+
 class TestSevenNetContract(AdapterContract):
     family = "sevennet"
     stress_witness = (("mlearn-Mo", "Elastic"), ("snap-NbMoTaW", "Mo_Elastic"))
@@ -29,20 +46,6 @@ class TestSevenNetContract(AdapterContract):
     train_slice, val_slice = slice(0, 7), slice(7, 9)
     train_config = TrainConfig(epochs=5, lr=5e-3, batch_size=2, stress_weight=0.0)
     improvement = 0.95
-
-    @pytest.fixture(scope="class")
-    def foundation(self):
-        return SevenNetAdapter("7net-0").load()
-
-    @pytest.fixture(scope="class")
-    def make(self):
-        return lambda seed=0, scratch=False: SevenNetAdapter("7net-0", seed=seed).load(scratch=scratch)
-
-    @pytest.fixture(scope="class")
-    def calculator(self):
-        from sevenn.calculator import SevenNetCalculator
-
-        return SevenNetCalculator("7net-0", device="cpu")  # its own model: it makes it unbatched
 
     def test_sevennet_blocks_and_fixed_denominators(self, make):
         adapter = make()
