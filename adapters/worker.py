@@ -11,6 +11,7 @@ other exception is written as ``failed`` with its traceback before exiting non-z
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -95,6 +96,7 @@ def run_job(job: dict, progress) -> dict:
             refit = refit_reference_energies(adapter, train_frames)
             result["reference_energies_ev"] = {str(z): v for z, v in refit.items()}
         cfg = TrainConfig(**job["train_config"])
+        result["resolved_train_config"] = dataclasses.asdict(cfg)  # every loss/optimizer setting
         try:
             hist = train(adapter, train_frames, val_frames, cfg,
                          on_epoch=lambda row: progress({**row, "epochs": cfg.epochs}))

@@ -46,6 +46,8 @@ def test_sweep_writes_records_and_a_report_from_them(tmp_path):
     assert [row["epoch"] for row in frozen["curve"]] == [0, 1]  # 0: the starting model
     assert frozen["timing"]["step_s_per_structure"] > 0
     assert frozen["environment"]["packages"]["chgnet"] == "0.4.2"
+    assert frozen["resolved_train_config"]["forces_weight"] == 1.0
+    assert frozen["resolved_train_config"]["epochs"] == frozen["spec"]["train_config"]["epochs"] == 1
     assert set(frozen["metrics"]["per_group"]) == {"AIMD-NVT", "Elastic", "Surface", "Vacancy"}
     report = (out / "report.md").read_text()
     for rec in recs.values():
