@@ -1,5 +1,6 @@
 """SevenNet (sevenn 0.13.0) adapter: 7net-0 (SevenNet-0 11Jul2024) from the wheel, any other
-name ``sevenn.util.pretrained_name_to_path`` knows that is already on disk, or a path.
+name ``sevenn.util.pretrained_name_to_path`` knows (downloaded by sevenn where its host
+answers, refused at once offline), or a path.
 
 Blocks in forward order (``AtomGraphSequential``, built by ``sevenn.model_build``):
 
@@ -27,6 +28,7 @@ from unittest import mock
 import torch
 
 from adapters.base import Adapter, CheckpointUnavailable
+from adapters.offline import reachable
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -34,12 +36,21 @@ if TYPE_CHECKING:
 REFERENCE_MODULE = "rescale_atomic_energy"
 
 
-def _no_download(path: str, url: str) -> str:
-    raise CheckpointUnavailable(
-        f"SevenNet checkpoint not found at {path} (nor in ~/.cache/sevennet); it would be "
-        f"downloaded from {url}. Fetch that file where there is network access and pass "
-        "--checkpoint PATH"
-    )
+def _download_if_online(download):
+    """sevenn's own download where its host answers; offline, a fast actionable refusal."""
+
+    def guarded(path: str, url: str) -> str:
+        how = f"fetch {url} where there is network access and pass --checkpoint PATH"
+        if not reachable(url):
+            raise CheckpointUnavailable(
+                f"SevenNet checkpoint not found at {path} (nor in ~/.cache/sevennet) and its "
+                f"download host is unreachable; {how}")
+        try:
+            return download(path, url)
+        except Exception as exc:  # any download failure: say how to supply the file
+            raise CheckpointUnavailable(f"downloading {url} failed ({exc}); {how}") from exc
+
+    return guarded
 
 
 class SevenNetAdapter(Adapter):
@@ -56,8 +67,9 @@ class SevenNetAdapter(Adapter):
 
         if Path(self.checkpoint).is_file():
             return str(self.checkpoint)
-        try:  # resolve the name; a checkpoint that would need a download is refused
-            with mock.patch.object(util, "download_checkpoint", _no_download):
+        try:  # resolve the name; sevenn downloads the newer checkpoints on first use
+            guard = _download_if_online(util.download_checkpoint)
+            with mock.patch.object(util, "download_checkpoint", guard):
                 return util.pretrained_name_to_path(str(self.checkpoint))
         except (ValueError, FileNotFoundError) as err:
             raise CheckpointUnavailable(
