@@ -192,13 +192,13 @@ class Adapter(abc.ABC):
             n_atoms=np.array([len(a) for a in frames]),
         )
 
-    def inference_speed(self, frames: Sequence[Atoms], graphs: list, *,
+    def inference_speed(self, frames: Sequence[Atoms], graphs: list, *, stress: bool = True,
                         repeats: int = 2) -> dict[str, float]:
         """Atoms per second of ``predict`` on featurized inputs; call after a warm-up predict."""
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            self.predict(frames, graphs=graphs)
+            self.predict(frames, graphs=graphs, stress=stress)
             times.append(time.perf_counter() - t0)
         n_atoms = sum(len(a) for a in frames)
         return {"inference_atoms_per_s": n_atoms / float(np.median(times)),

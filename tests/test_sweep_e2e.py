@@ -138,3 +138,26 @@ def test_exploding_training_is_recorded_as_diverged(tmp_path):
     (rec,) = records(out).values()
     assert rec["status"] == "diverged" and rec["diverged_epoch"] >= 1
     assert "loss diverged at epoch" in rec["reason"]
+
+
+def test_extxyz_dataset_without_stress_runs_end_to_end(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from tests.conftest import emt_frames
+
+    frames = emt_frames(14)
+    for atoms in frames:  # energy and forces only, like OC20
+        res = atoms.calc.results
+        atoms.calc = SinglePointCalculator(atoms, energy=res["energy"], forces=res["forces"])
+    path = tmp_path / "cu_emt.xyz"
+    write(path, frames, format="extxyz")
+    out = tmp_path / "res"
+    bench("run", *TINY, "--dataset", str(path), "--strategies", "zero-shot,freeze-interactions",
+          "--sizes", "3", "--out", str(out))
+    recs = records(out)
+    assert [r["status"] for r in recs.values()] == ["ok", "ok"]
+    for rec in recs.values():
+        assert rec["spec"]["dataset"] == "cu_emt" and rec["metrics"]["stress_rmse_gpa"] is None
+        assert set(rec["metrics"]["per_group"]) <= {"even", "odd"}
+    assert recs["chgnet/freeze-interactions"]["timing"]["inference_atoms_per_s"] > 0
