@@ -63,8 +63,7 @@ def cmd_list(what: str) -> int:
 
         print(f"{'model':10} {'env':9} {'default checkpoint':32} {'blocks (forward order)':60} status")
         for m in MODELS.values():
-            status = m.not_implemented or ("environment ready" if envs.env_python(m).exists()
-                                           else "environment built on first run")
+            status = "environment ready" if envs.env_python(m).exists() else "environment built on first run"
             print(f"{m.key:10} {m.env:9} {m.default_checkpoint:32} {', '.join(m.blocks):60} {status}")
     elif what == "datasets":
         from datasets.registry import catalog  # noqa: PLC0415

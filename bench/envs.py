@@ -37,7 +37,7 @@ def env_python(model: ModelInfo) -> Path:
 def probe(model: ModelInfo) -> bool:
     """True when the environment exists and imports the family's adapter."""
     python = env_python(model)
-    if not python.exists() or model.adapter is None:
+    if not python.exists():
         return False
     module = model.adapter.split(":")[0]
     code = f"import {module}"

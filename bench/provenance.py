@@ -11,7 +11,6 @@ import bench
 from bench import PROJECT_ROOT
 
 
-
 @cache
 def git_state() -> dict:
     def git(*args: str) -> str:

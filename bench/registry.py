@@ -32,7 +32,7 @@ def did_you_mean(name: str, choices) -> str:
 class ModelInfo:
     key: str
     family: str
-    adapter: str | None
+    adapter: str  # "module:Class", resolved only inside the family's environment
     env: str
     packages: tuple[str, ...]
     default_checkpoint: str
@@ -40,13 +40,8 @@ class ModelInfo:
     blocks: tuple[str, ...]  # kinds in forward order, without the reference block
     licence: str
     citation: str
-    not_implemented: str | None = None  # reason, while the adapter is missing
     # the library's own name for a freeze level k, shown next to ours in reports
     native_freeze: tuple[tuple[int, str], ...] = ()
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
 
 
 MODELS: dict[str, ModelInfo] = {

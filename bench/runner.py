@@ -34,7 +34,6 @@ from datasets import Dataset, load_dataset
 from datasets.splits import plan_split, resolve_size
 
 
-
 @dataclass(frozen=True)
 class PlannedRun:
     run_id: str
@@ -210,8 +209,8 @@ def execute(plan: Plan, store: Store, *, log=print) -> dict[str, int]:
         if not run.strategy.scratch:
             scopes.append((run.model.key, run.spec["checkpoint"], "checkpoint"))
         known = next((known_skips[s] for s in scopes if s in known_skips), None)
-        if run.model.not_implemented or known:
-            record = _record(run, "skipped", run.model.not_implemented or known, started)
+        if known:
+            record = _record(run, "skipped", known, started)
         else:
             if run.model.env not in pythons:
                 try:

@@ -1,11 +1,10 @@
 """The conformance checks every adapter passes, against its real library and weights.
 
 A family's test module subclasses :class:`AdapterContract` (as ``Test<Family>Contract``),
-sets the class attributes below, and provides three fixtures (``mo``, the mlearn-Mo data, comes from ``conftest.py``):
-
-* ``foundation``: the loaded foundation adapter (or the family's stand-in);
-* ``make``: ``make(seed=0, scratch=False)`` -> a freshly loaded adapter of that checkpoint;
-* ``calculator``: the library's own ASE calculator for the foundation's weights.
+sets the class attributes below, names ``ADAPTER`` and ``CHECKPOINT`` (``conftest.py``
+turns them into the ``foundation`` and ``make(seed=0, scratch=False)`` fixtures, and
+provides ``mo``, the mlearn-Mo data), and provides a ``calculator`` fixture: the
+library's own ASE calculator for the foundation's weights.
 
 Checks: blocks match the registry and cover every parameter; ``predict`` agrees with the
 library's calculator (energy, forces, stress); the dataset's stress convention agrees with

@@ -15,16 +15,7 @@ from adapters.chgnet_adapter import CHGNetAdapter  # noqa: E402
 from tests.families.contract import AdapterContract  # noqa: E402
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def foundation():
-    return CHGNetAdapter("0.3.0").load()
-
-
-@pytest.fixture(scope="module")
-def make():
-    return lambda seed=0, scratch=False: CHGNetAdapter("0.3.0", seed=seed).load(scratch=scratch)
+ADAPTER, CHECKPOINT = CHGNetAdapter, "0.3.0"
 
 
 @pytest.fixture(scope="module")

@@ -48,14 +48,12 @@ def foundation_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def foundation(foundation_path):
-    return MACEAdapter(str(foundation_path)).load()
+ADAPTER = MACEAdapter
 
 
 @pytest.fixture(scope="module")
-def make(foundation_path):
-    return lambda seed=0, scratch=False: MACEAdapter(str(foundation_path), seed=seed).load(scratch=scratch)
+def checkpoint(foundation_path):
+    return str(foundation_path)
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +101,11 @@ def test_stress_is_the_strain_derivative_with_ase_sign(foundation, mo):
         assert stress[k] == pytest.approx(finite_difference, abs=2e-5), k
 
 
-def test_mace_freeze_numbers_map_to_block_freezes(foundation_path):
+def test_mace_freeze_numbers_map_to_block_freezes(make):
     """MACE_FREEZE_TO_K reproduces mace's own `--freeze N` (get_params_options) exactly."""
     from mace.tools.scripts_utils import get_params_options
 
-    adapter = MACEAdapter(str(foundation_path)).load()
+    adapter = make()
 
     def mace_freeze(n):
         adapter.freeze(0)

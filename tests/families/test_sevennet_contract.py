@@ -20,16 +20,7 @@ from tests.families.contract import AdapterContract  # noqa: E402
 torch.set_num_threads(1)
 
 N_PARAMS = 842_623  # 7net-0; 5 of them are the fixed convolution denominators
-
-
-@pytest.fixture(scope="module")
-def foundation():
-    return SevenNetAdapter("7net-0").load()
-
-
-@pytest.fixture(scope="module")
-def make():
-    return lambda seed=0, scratch=False: SevenNetAdapter("7net-0", seed=seed).load(scratch=scratch)
+ADAPTER, CHECKPOINT = SevenNetAdapter, "7net-0"
 
 
 @pytest.fixture(scope="module")
