@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import abc
-import time
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -73,6 +73,7 @@ class Adapter(abc.ABC):
 
     family: ClassVar[str]
     default_checkpoint: ClassVar[str]
+    library_modules: ClassVar[tuple[str, ...]] = ()  # imported once by the worker's fork server
     predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU
     # False where the library keeps E0 in buffers (MACE, M3GNet): then `--e0 train` is refused.
     reference_is_parameter: ClassVar[bool] = True
@@ -95,9 +96,18 @@ class Adapter(abc.ABC):
     def featurize(self, atoms: Atoms) -> Any:
         """One structure as the library's graph; built once per structure and reused."""
 
+    def collate(self, graphs: list) -> Any:
+        """Featurized structures as one model input (data preparation, timed apart)."""
+        return graphs
+
     @abc.abstractmethod
-    def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
-        """Batched forward: ``energy`` [B] eV, ``forces`` [N,3] eV/Å, ``stress`` [B,3,3] eV/Å³."""
+    def forward_batch(self, batch: Any, *, stress: bool) -> dict[str, torch.Tensor]:
+        """Forward on a collated batch: ``energy`` [B] eV, ``forces`` [N,3] eV/Å, ``stress`` [B,3,3] eV/Å³."""
+
+    @abc.abstractmethod
+    def ase_calculator(self) -> Any:
+        """The library's own ASE calculator on a copy of ``model_`` (calculators change the
+        model they get: eval flags, ``requires_grad``): the per-structure speed baseline."""
 
     @abc.abstractmethod
     def reference_energies(self) -> dict[int, float]:
@@ -112,6 +122,9 @@ class Adapter(abc.ABC):
         """Atomic numbers the model has parameters for."""
 
     # -- shared behaviour ---------------------------------------------------------------
+    def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
+        return self.forward_batch(self.collate(graphs), stress=stress)
+
     def load(self, *, scratch: bool = False) -> Self:
         import torch  # noqa: PLC0415
 
@@ -168,6 +181,18 @@ class Adapter(abc.ABC):
             names = ", ".join(chemical_symbols[z] for z in missing)
             raise UnsupportedElements(f"{self.family} ({self.checkpoint}) does not cover: {names}")
 
+    @contextlib.contextmanager
+    def no_parameter_grads(self):
+        """Forces need gradients w.r.t. positions only: autograd then skips the weights."""
+        flags = [(p, p.requires_grad) for p in self.model_.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
     def predict(self, frames: Sequence[Atoms], *, batch_size: int | None = None,
                 stress: bool = True, graphs: list | None = None) -> Predictions:
         """Batched prediction; ``graphs`` may pass already-featurized structures."""
@@ -175,12 +200,13 @@ class Adapter(abc.ABC):
         self.check_elements(frames)
         graphs = graphs if graphs is not None else [self.featurize(a) for a in frames]
         energy, forces, stresses = [], [], []
-        for start in range(0, len(graphs), batch_size):
-            out = self.forward(graphs[start : start + batch_size], stress=stress)
-            energy.append(out["energy"].detach().cpu().double().numpy())
-            forces.append(out["forces"].detach().cpu().double().numpy())
-            if stress:
-                stresses.append(out["stress"].detach().cpu().double().numpy())
+        with self.no_parameter_grads():
+            for start in range(0, len(graphs), batch_size):
+                out = self.forward(graphs[start : start + batch_size], stress=stress)
+                energy.append(out["energy"].detach().cpu().double().numpy())
+                forces.append(out["forces"].detach().cpu().double().numpy())
+                if stress:
+                    stresses.append(out["stress"].detach().cpu().double().numpy())
         voigt = None
         if stress:
             full = np.concatenate(stresses)
@@ -191,18 +217,6 @@ class Adapter(abc.ABC):
             stress=voigt,
             n_atoms=np.array([len(a) for a in frames]),
         )
-
-    def inference_speed(self, frames: Sequence[Atoms], graphs: list, *, stress: bool = True,
-                        repeats: int = 2) -> dict[str, float]:
-        """Atoms per second of ``predict`` on featurized inputs; call after a warm-up predict."""
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            self.predict(frames, graphs=graphs, stress=stress)
-            times.append(time.perf_counter() - t0)
-        n_atoms = sum(len(a) for a in frames)
-        return {"inference_atoms_per_s": n_atoms / float(np.median(times)),
-                "inference_repeats": repeats}
 
     def save(self, path: Path) -> Path:
         import torch  # noqa: PLC0415

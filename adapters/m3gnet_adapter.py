@@ -48,6 +48,7 @@ def _weights_dirs() -> list[Path]:
 class M3GNetAdapter(Adapter):
     family = "m3gnet"
     default_checkpoint = "M3GNet-MatPES-PBE-v2025.1-PES"
+    library_modules = ("matgl", "matgl.layers", "matgl.ext.ase", "torch_geometric.data")
     # predict on 16 cells of 54 atoms, 1 thread, batch 1 / 2 / 4 / 8 / 16: 1.02 / 0.97 / 0.93 /
     # 1.05 / 1.64 s; on a busier machine (best of 4) 1.21 / 0.95 / 1.00 / 0.98 / 1.05 s. Flat
     # from 2 to 8 (16 is slower when quiet); 4 sits in the middle of the plateau.
@@ -110,6 +111,13 @@ class M3GNetAdapter(Adapter):
         layout.append(("reference", "reference", ("element_refs.",)))
         return layout
 
+    def ase_calculator(self):
+        from matgl.ext.ase import PESCalculator  # noqa: PLC0415
+
+        # PESCalculator leaves the potential as it is (and a used Potential holds non-leaf
+        # tensors that cannot be deep-copied), so it gets the model itself
+        return PESCalculator(self.model_, stress_unit="eV/A3")
+
     def featurize(self, atoms: Atoms) -> Any:
         from matgl.ext.ase import Atoms2Graph  # noqa: PLC0415
 
@@ -117,12 +125,15 @@ class M3GNetAdapter(Adapter):
         graph, lattice, _ = Atoms2Graph(model.element_types, model.cutoff).get_graph(atoms)
         return graph.to(self.device), lattice.to(self.device)
 
-    def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
+    def collate(self, graphs: list) -> Any:
         from torch_geometric.data import Batch  # noqa: PLC0415
 
         # as matgl.graph.data.collate_fn_graph, without labels
-        batch = Batch.from_data_list([g for g, _ in graphs])
-        lattice = torch.cat([lat.reshape(-1, 3, 3) for _, lat in graphs])
+        return (Batch.from_data_list([g for g, _ in graphs]),
+                torch.cat([lat.reshape(-1, 3, 3) for _, lat in graphs]))
+
+    def forward_batch(self, batch: Any, *, stress: bool) -> dict[str, torch.Tensor]:
+        batch, lattice = batch
         calc_stresses, self.model_.calc_stresses = self.model_.calc_stresses, stress
         try:
             energy, forces, stresses, _ = self.model_(batch, lattice)

@@ -20,6 +20,7 @@ Models are kept in float32 (mace-mp files may be stored in float64).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import urllib.parse
@@ -80,8 +81,8 @@ def cache_path(key: str) -> Path:
 def default_mp_model(size: str = "small") -> torch.nn.Module:
     """A randomly initialised ScaleShiftMACE shaped like MACE-MP-0 ``small``/``medium``."""
     # mace first: importing it lets e3nn 0.4.4 load its constants on torch >= 2.6
-    from mace import modules  # noqa: PLC0415
     from e3nn import o3  # noqa: PLC0415
+    from mace import modules  # noqa: PLC0415
 
     residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     return modules.ScaleShiftMACE(
@@ -98,6 +99,7 @@ def default_mp_model(size: str = "small") -> torch.nn.Module:
 class MACEAdapter(Adapter):
     family = "mace"
     default_checkpoint = "mace-mp-0-small"
+    library_modules = ("mace.modules", "mace.data", "mace.tools.torch_geometric", "mace.calculators", "e3nn.o3")
     # MACE-MP-0-small-shaped model, 54-atom Mo cells, 1 thread, CPU s/cell: batch 1 0.22-0.26,
     # 2 0.21-0.26, 4 0.27-0.41, 8 0.36-0.41 (bigger batches are slower).
     predict_batch_size = 2
@@ -181,6 +183,11 @@ class MACEAdapter(Adapter):
         index = named[0] if named else len(heads) - 1
         return index, heads[index]
 
+    def ase_calculator(self):
+        from mace.calculators import MACECalculator  # noqa: PLC0415
+
+        return MACECalculator(models=copy.deepcopy(self.model_), device=self.device, default_dtype="float32")
+
     def featurize(self, atoms: Atoms) -> Any:
         from mace import data  # noqa: PLC0415
         from mace.tools import utils  # noqa: PLC0415
@@ -195,10 +202,12 @@ class MACEAdapter(Adapter):
                 heads=list(getattr(self.model_, "heads", None) or ["Default"]))
         return graph.to(self.device)
 
-    def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
+    def collate(self, graphs: list) -> Any:
         from mace.tools import torch_geometric  # noqa: PLC0415
 
-        batch = torch_geometric.Batch.from_data_list(graphs).to(self.device)
+        return torch_geometric.Batch.from_data_list(graphs).to(self.device)
+
+    def forward_batch(self, batch: Any, *, stress: bool) -> dict[str, torch.Tensor]:
         out = self.model_(batch.to_dict(), training=self.model_.training,
                           compute_force=True, compute_stress=stress)
         result = {"energy": out["energy"], "forces": out["forces"]}

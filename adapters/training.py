@@ -107,9 +107,11 @@ def _targets(adapter: Adapter, frames: Sequence[Atoms], with_stress: bool) -> li
     return out
 
 
-def _loss(adapter: Adapter, batch: list[_Target], cfg: TrainConfig, with_stress: bool
-          ) -> tuple[torch.Tensor, dict[str, float]]:
-    out = adapter.forward([t.graph for t in batch], stress=with_stress)
+def _loss(adapter: Adapter, batch: list[_Target], cfg: TrainConfig, with_stress: bool,
+          collated=None) -> tuple[torch.Tensor, dict[str, float]]:
+    if collated is None:
+        collated = adapter.collate([t.graph for t in batch])
+    out = adapter.forward_batch(collated, stress=with_stress)
     n_atoms = torch.tensor([t.n_atoms for t in batch], dtype=out["energy"].dtype)
     e_ref = torch.tensor([t.energy for t in batch], dtype=out["energy"].dtype)
     e_err = (out["energy"] - e_ref) / n_atoms
@@ -127,10 +129,11 @@ def _loss(adapter: Adapter, batch: list[_Target], cfg: TrainConfig, with_stress:
 def _evaluate(adapter: Adapter, data: list[_Target], cfg: TrainConfig, with_stress: bool) -> dict:
     totals: dict[str, float] = {}
     step = adapter.predict_batch_size
-    for start in range(0, len(data), step):
-        _, parts = _loss(adapter, data[start : start + step], cfg, with_stress)
-        for k, v in parts.items():
-            totals[k] = totals.get(k, 0.0) + v
+    with adapter.no_parameter_grads():
+        for start in range(0, len(data), step):
+            _, parts = _loss(adapter, data[start : start + step], cfg, with_stress)
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v
     e_mse = totals["e_sq_sum"] / totals["n_struct"]
     f_mse = totals["f_sq_sum"] / totals["n_f"]
     metrics = {"val_energy_rmse_mev_per_atom": 1000 * math.sqrt(e_mse),
@@ -192,9 +195,10 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
         for start in range(0, len(perm), cfg.batch_size):
             t_data = time.perf_counter()
             batch = [train_data[i] for i in perm[start : start + cfg.batch_size]]
+            collated = adapter.collate([t.graph for t in batch])
             data_s += time.perf_counter() - t_data
             t_step = time.perf_counter()
-            loss, _ = _loss(adapter, batch, cfg, with_stress)
+            loss, _ = _loss(adapter, batch, cfg, with_stress, collated)
             if not torch.isfinite(loss):
                 raise Diverged(epoch, loss.item())
             opt.zero_grad(set_to_none=True)

@@ -1,22 +1,30 @@
-"""Worker process: runs one job inside its family's environment.
+"""Worker: runs jobs inside a family's environment.
 
-    <family-env>/bin/python -m adapters.worker job.json
+    <family-env>/bin/python -m adapters.worker job.json          # one job
+    <family-env>/bin/python -m adapters.worker --serve MODULE    # a fork server
 
 The job (written by ``bench.runner``) names the adapter, checkpoint, strategy, data files
 and indices; the worker writes one result JSON (atomically) and a predictions ``.npz``,
 and appends one JSON line per epoch to the progress file. Expected outcomes (checkpoint
 missing, elements not covered, divergence) become ``skipped``/``diverged`` results; any
 other exception is written as ``failed`` with its traceback before exiting non-zero.
+
+The fork server imports torch and the family's library once (seconds per run saved), then
+reads job paths from stdin, one per line, runs each in a forked child (so a crash, leak or
+OOM kill stays with that run) and answers each with the child's exit code on stdout.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import importlib
 import importlib.metadata
 import json
+import os
 import platform
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -63,14 +71,39 @@ def _labels(frames) -> dict:
     }
 
 
+def _adapter_class(adapter: str):
+    module, cls_name = adapter.split(":")
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def run_perf(job: dict) -> dict:
+    """The model's timing job: batched predict vs the library's ASE calculator."""
+    from adapters.base import CheckpointUnavailable  # noqa: PLC0415
+    from adapters.perf import predict_vs_calculator  # noqa: PLC0415
+
+    frames = _read_frames(job["data"]["test"])[: job["n_structures"]]
+    adapter = _adapter_class(job["adapter"])(job["checkpoint"], device=job["device"], seed=0)
+    try:
+        adapter.load()
+        source = f"foundation {adapter.checkpoint}"
+    except CheckpointUnavailable as exc:  # same architecture: timings do not depend on weights
+        adapter.load(scratch=True)
+        source = f"random init of the {adapter.checkpoint} architecture ({str(exc).splitlines()[0][:200]})"
+    adapter.check_elements(frames)
+    stress = all("stress" in a.calc.results for a in frames)
+    timing = predict_vs_calculator(adapter, frames, stress=stress)
+    timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"status": "ok", "reason": None, "model_source": source, "timing": timing,
+            "parameters": adapter.parameter_counts()}
+
+
 def run_job(job: dict, progress) -> dict:
     """Load, freeze, train and evaluate as the job says; return the result fields."""
     from adapters.base import CheckpointUnavailable, UnsupportedElements  # noqa: PLC0415
     from adapters.training import Diverged, TrainConfig, refit_reference_energies, train  # noqa: PLC0415
     from bench.metrics import error_metrics  # noqa: PLC0415
 
-    module, cls_name = job["adapter"].split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls = _adapter_class(job["adapter"])
     result: dict = {"status": "ok", "reason": None}
     pool, test = _read_frames(job["data"]["pool"]), _read_frames(job["data"]["test"])
     train_frames = [pool[i] for i in job["data"]["train"]]
@@ -114,24 +147,35 @@ def run_job(job: dict, progress) -> dict:
     test_graphs = [adapter.featurize(a) for a in test]
     ref = _labels(test)
     t0 = time.perf_counter()  # stress only where the labels have it (not for OC20 slabs)
-    preds = adapter.predict(test, stress=ref["stress"] is not None, graphs=test_graphs)  # + warm-up
-    timing["first_predict_s"] = time.perf_counter() - t0
+    preds = adapter.predict(test, stress=ref["stress"] is not None, graphs=test_graphs)
+    timing["test_predict_s"] = time.perf_counter() - t0
     pred = {"energy": preds.energy, "forces": preds.forces, "stress": preds.stress,
             "n_atoms": preds.n_atoms}
     result["metrics"] = error_metrics(pred, ref, [a.info["group"] for a in test])
     np.savez_compressed(job["predictions_path"], **{f"pred_{k}": v for k, v in pred.items() if v is not None},
                         **{f"ref_{k}": v for k, v in ref.items() if v is not None},
                         groups=np.array([a.info["group"] for a in test]))
-    timing |= adapter.inference_speed(test, test_graphs, stress=preds.stress is not None)
     timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["timing"] = timing
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    job_path = Path((argv or sys.argv[1:])[0])
+def _resolve_device(device: str) -> str:
+    import torch  # noqa: PLC0415
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: no CUDA device is visible to this worker")
+    return device
+
+
+def run_file(job_path: Path) -> int:
+    """Run one job file; the result file always gets written, whatever happens."""
     job = json.loads(job_path.read_text())
     import torch  # noqa: PLC0415
+
+    from adapters.perf import reference_workload_s  # noqa: PLC0415
 
     torch.set_num_threads(job["threads"])
     torch.set_default_dtype(torch.float32)
@@ -143,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     try:
-        result = run_job(job, progress)
+        job["device"] = _resolve_device(job["device"])
+        reference_s = reference_workload_s()
+        result = run_perf(job) if job.get("kind") == "perf" else run_job(job, progress)
+        if result.get("timing") is not None:
+            result["timing"]["reference_workload_s"] = reference_s
         code = 0
     except Exception as exc:  # any failure becomes a record, never a lost run
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
@@ -153,6 +201,52 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = time.time() - started
     atomic_write_json(Path(job["result_path"]), result)
     return code
+
+
+def _child(job_path: Path) -> None:
+    """In the forked child: own log, die with the server, run the job, never return."""
+    code = 1
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        job = json.loads(job_path.read_text())
+        fd = os.open(job["log_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        code = run_file(job_path)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(adapter: str) -> int:
+    """Import once, then fork a child per job path read from stdin."""
+    answer = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel
+    os.dup2(2, 1)  # what libraries print goes to the server's log, not into the protocol
+    import torch  # noqa: F401, PLC0415
+
+    import adapters.training  # noqa: F401, PLC0415
+
+    cls = _adapter_class(adapter)
+    for module in cls.library_modules:
+        importlib.import_module(module)
+    print("ready", file=answer)
+    for line in sys.stdin:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(Path(line.strip()))
+        _, status = os.waitpid(pid, 0)
+        print(f"exit {os.waitstatus_to_exitcode(status)}", file=answer)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if args[0] == "--serve":
+        return serve(args[1])
+    return run_file(Path(args[0]))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import DEFAULT_STRATEGIES, E0_POLICIES, SweepConfig
+from bench.config import DEFAULT_STRATEGIES, E0_POLICIES, PRESET_DIR, SweepConfig, load_preset, preset_names
 from bench.registry import MODELS, STRATEGY_HELP, UnknownName
 from datasets.errors import DatasetError
 from datasets.splits import parse_size
@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="plan and run a sweep, then write its report")
+    run.add_argument("--preset", default="quick",
+                     help="embedded preset (quick, paper) or a .toml/.yaml file; flags override it")
     run.add_argument("--models", help="'all' or a comma list of " + ", ".join(MODELS))
-    run.add_argument("--dataset", help="registered name (see `list datasets`) or an .xyz/.traj path")
+    run.add_argument("--dataset", help="registered name (see `list datasets`) or an .xyz/.traj path; "
+                     "a comma list runs each")
     run.add_argument("--sizes", type=lambda s: tuple(parse_size(x) for x in _csv(s)),
                      help="training sizes: counts (50), fractions (0.1) or percentages (10%%)")
     run.add_argument("--strategies", type=_csv, help=f"comma list; default {','.join(DEFAULT_STRATEGIES)}")
@@ -43,17 +46,38 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--e0", dest="e0_policy", choices=sorted(E0_POLICIES),
                      help="reference-energy policy (default refit)")
     run.add_argument("--checkpoint", help="foundation checkpoint name or path (one model), or model=PATH,... pairs")
-    run.add_argument("--device", help="cpu or cuda")
+    run.add_argument("--device", help="auto (the GPU when a worker sees one), cpu, cuda or cuda:N")
     run.add_argument("--threads", type=int, help="torch threads per worker (default: all cores)")
     run.add_argument("--run-timeout", type=float, dest="run_timeout_s", help="seconds per run")
-    run.add_argument("--out", help="results directory (default reports/default)")
+    run.add_argument("--pool-size", type=int, dest="pool_size",
+                     help="use at most this many training-pool frames (fractions refer to them; 0: the whole pool)")
+    run.add_argument("--val-size", type=int, dest="val_size",
+                     help="hold out whole groups until at least this many validation frames (0: --val-fraction)")
+    run.add_argument("--perf-structures", type=int, dest="perf_structures",
+                     help="structures for each model's timing job (batched predict vs ASE calculator); 0: none")
+    run.add_argument("--out", help="results directory (default reports/<preset>)")
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
 
     lst = sub.add_parser("list", help="list models, datasets or strategies")
-    lst.add_argument("what", nargs="?", default="models", choices=["models", "datasets", "strategies"])
+    lst.add_argument("what", nargs="?", default="models", choices=["models", "datasets", "strategies", "presets"])
 
     rep = sub.add_parser("report", help="write report.md and report.html from stored records")
     rep.add_argument("results", type=Path)
+
+    cmp = sub.add_parser("compare", help="compare a candidate results directory with a baseline (CI gate: "
+                         "exit 0 pass, 1 regression, 2 bad input)")
+    cmp.add_argument("baseline", type=Path, help="results directory with records/")
+    cmp.add_argument("candidate", type=Path, help="results directory with records/")
+    cmp.add_argument("--tolerance", action="append", metavar="METRIC=REL,...",
+                     help="relative accuracy tolerances, e.g. forces_rmse_mev_per_ang=0.1 (or 10%%)")
+    cmp.add_argument("--timing-ratio", type=float, dest="timing_ratio",
+                     help="slowdown that fails, after normalising by the reference workload (default 1.5)")
+    cmp.add_argument("--memory-ratio", type=float, dest="memory_ratio", help="peak-RSS growth that fails (default 1.3)")
+    cmp.add_argument("--no-timing", action="store_true", dest="no_timing", help="compare accuracy and status only")
+    cmp.add_argument("--allow-missing", action="store_true", dest="allow_missing",
+                     help="runs missing in the candidate only warn")
+    cmp.add_argument("--config", type=Path, help="TOML file of compare settings ([compare] table)")
+    cmp.add_argument("--json", type=Path, help="also write the full comparison as JSON here")
     return parser
 
 
@@ -71,6 +95,11 @@ def cmd_list(what: str) -> int:
         for name, entry in catalog().items():
             print(f"{name:14} {entry['licence']:24} {entry['description']}")
             print(f"{'':14} source: {entry['repo']}@{entry['commit'][:10]}; {entry['citation']}")
+    elif what == "presets":
+        for name in preset_names():
+            print(f"{name:10} {load_preset(name).get('description', '')}")
+        print("\nor --preset FILE.toml / FILE.yaml with the same [sweep] and [headline] keys "
+              f"(see {PRESET_DIR})")
     else:
         for name, text in STRATEGY_HELP.items():
             print(f"{name:22} {text}")
@@ -81,22 +110,22 @@ def cmd_list(what: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.report import write_report  # noqa: PLC0415
+    from bench.report import HEADLINE_SETTINGS, write_report  # noqa: PLC0415
     from bench.runner import execute, make_plan  # noqa: PLC0415
-    from bench.store import Store  # noqa: PLC0415
+    from bench.store import Store, atomic_write_json  # noqa: PLC0415
 
-    given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run"}}
-    cfg = SweepConfig().override(**given)
+    given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run", "preset"}}
+    cfg = SweepConfig.from_preset(args.preset, **given)
     plan = make_plan(cfg)
-    print(f"{len(plan.runs)} runs on {plan.dataset.name} ({len(plan.dataset.pool)} pool / "
-          f"{len(plan.dataset.test)} test structures) -> {cfg.out}", file=sys.stderr)
+    print(f"preset {cfg.preset}: {len(plan.runs)} runs on {plan.describe()} -> {cfg.out}", file=sys.stderr)
     if args.dry_run:
         for run in plan.runs:
             print(f"{run.run_id}  {run.label}")
         return 0
     store = Store(Path(cfg.out)).prepare()
     counts = execute(plan, store, log=lambda msg: print(msg, file=sys.stderr))
-    md, html = write_report(store.root)
+    atomic_write_json(store.root / HEADLINE_SETTINGS, cfg.headline)  # `bench report` reuses them
+    md, html = write_report(store.root, headline=cfg.headline)
     print(f"done: {counts}; report: {md} and {html}", file=sys.stderr)
     return 0
 
@@ -106,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return cmd_list(args.what)
+        if args.command == "compare":
+            from bench.compare import cmd_compare  # noqa: PLC0415
+
+            return cmd_compare(args)
         if args.command == "report":
             from bench.report import write_report  # noqa: PLC0415
 

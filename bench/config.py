@@ -1,13 +1,25 @@
-"""Sweep settings: the embedded default and how CLI flags override it.
+"""Sweep settings: presets (TOML/YAML files) and how CLI flags override them.
 
-The default (``quick``) is sized for a 2-core CPU and all four families: the small
-``mlearn-Mo`` dataset, 5 and 15 training structures, one seed, 4 epochs, 10 validation
-structures. It shows the pipeline and the trends; bigger studies pass their own flags.
+Precedence: dataclass defaults < preset file < command-line flags. The embedded presets
+live in ``bench/presets/``: ``quick`` (the default; a 2-core CPU in minutes) and ``paper``
+(the reference study's protocol, for a GPU machine or a cluster). A user preset is any
+``.toml``/``.yaml`` file with the same keys.
+
+Example:
+    >>> cfg = SweepConfig.from_preset("quick", epochs=10)
+    >>> cfg.datasets, cfg.sizes
+    (('mlearn-Mo',), (0.2, 0.4, 1.0))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from bench.registry import UnknownName, did_you_mean
+
+PRESET_DIR = Path(__file__).parent / "presets"
 
 DEFAULT_STRATEGIES = ("zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions")
 E0_POLICIES = {
@@ -19,8 +31,9 @@ E0_POLICIES = {
 
 @dataclass(frozen=True)
 class SweepConfig:
+    preset: str = "quick"
     models: str = "all"
-    dataset: str = "mlearn-Mo"
+    dataset: str = "mlearn-Mo"  # one name/path, or a comma list
     sizes: tuple[float, ...] = (5, 15)
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seeds: tuple[int, ...] = (0,)
@@ -30,14 +43,46 @@ class SweepConfig:
     patience: int = 5
     e0_policy: str = "refit"
     val_fraction: float = 0.05
+    val_size: int | None = None  # hold out at least this many frames instead of a fraction
+    pool_size: int | None = None  # use only this many training frames (fractions refer to it)
     checkpoint: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # auto: the GPU when the worker sees one, else the CPU
     threads: int = 0  # 0: all cores of this machine
     run_timeout_s: float = 3600.0
     max_train_time_s: float = 1800.0
-    out: str = "reports/default"
+    perf_structures: int = 0  # per-model timing job on this many test structures (0: none)
+    headline: dict = field(default_factory=dict)  # tolerances for bench.headline
+    out: str = ""  # default reports/<preset name>
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", **given) -> SweepConfig:
+        """The preset's settings with the given (non-None) overrides applied."""
+        data = load_preset(preset)
+        sweep = data.get("sweep", {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(sweep) - names)
+        if unknown:
+            raise ValueError(f"preset {preset}: unknown setting(s) {unknown}."
+                             f"{did_you_mean(unknown[0], names)}")
+        if isinstance(sweep.get("dataset"), list):
+            sweep["dataset"] = ",".join(sweep["dataset"])
+        if "sizes" in sweep:
+            from datasets.splits import parse_size  # noqa: PLC0415
+
+            sweep["sizes"] = tuple(parse_size(str(x)) for x in sweep["sizes"])
+        for key in ("strategies", "seeds"):
+            if key in sweep:
+                sweep[key] = tuple(sweep[key])
+        sweep.setdefault("out", f"reports/{Path(preset).stem}")
+        return cls(preset=preset, headline=data.get("headline", {}), **sweep).override(**given)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.dataset.split(",") if x.strip())
 
     def __post_init__(self):
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.epochs < 1:
             raise ValueError(f"--epochs {self.epochs}: training needs at least 1 epoch")
         if self.e0_policy not in E0_POLICIES:
@@ -68,3 +113,30 @@ class SweepConfig:
         """Replace only the settings that were actually given (None means not given)."""
         names = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in given.items() if v is not None and k in names})
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(preset: str) -> dict:
+    """An embedded preset by name, or a user preset file (``.toml``, ``.yaml``/``.yml``)."""
+    path = Path(preset)
+    if path.suffix in (".toml", ".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"preset file {path} does not exist")
+    else:
+        path = PRESET_DIR / f"{preset}.toml"
+        if not path.is_file():
+            raise UnknownName(f"unknown preset {preset!r}; embedded: {', '.join(preset_names())}, "
+                              f"or pass a .toml/.yaml file.{did_you_mean(preset, preset_names())}")
+    import yaml  # noqa: PLC0415
+
+    try:
+        data = (tomllib.loads(path.read_text()) if path.suffix == ".toml"
+                else yaml.safe_load(path.read_text()))
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"preset {path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"preset {path}: expected a mapping with a [sweep] table")
+    return data

@@ -13,11 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,8 @@ from bench.progress import Progress
 from bench.provenance import now, provenance
 from bench.registry import ModelInfo, Strategy, resolve_models, resolve_strategy
 from bench.store import SCHEMA_VERSION, Store, atomic_write_json, run_id
+from bench.targets import SWEEP_LOG
+from bench.workers import ForkServer, WorkerLost, WorkerTimeout, describe_exit
 from datasets import Dataset, load_dataset
 from datasets.splits import plan_split, resolve_size
 
@@ -39,13 +38,15 @@ class PlannedRun:
     run_id: str
     spec: dict
     model: ModelInfo
-    strategy: Strategy
+    strategy: Strategy | None  # None for a model's timing job (spec kind "perf")
     train_idx: tuple[int, ...]
     val_idx: tuple[int, ...]
 
     @property
     def label(self) -> str:
         s = self.spec
+        if s["kind"] == "perf":
+            return f"{s['model']} timing ({s['n_structures']} structures)"
         size = "" if s["strategy"] == "zero-shot" else f" n={s['train_size']} seed={s['seed']}"
         return f"{s['model']} {s['strategy']}{size}"
 
@@ -53,39 +54,57 @@ class PlannedRun:
 @dataclass
 class Plan:
     config: SweepConfig
-    dataset: Dataset
+    datasets: dict[str, Dataset]
     runs: list[PlannedRun]
 
+    def describe(self) -> str:
+        return "; ".join(f"{name}: {len(d.pool)} pool / {len(d.test)} test structures"
+                         for name, d in self.datasets.items())
 
-def make_plan(cfg: SweepConfig) -> Plan:
-    models = resolve_models(cfg.models)
-    dataset = load_dataset(cfg.dataset)
+
+def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset) -> list[PlannedRun]:
     leak = [a.info["leak_group"] for a in dataset.pool]
+    splits = {seed: plan_split(leak, seed=seed, val_fraction=cfg.val_fraction, val_size=cfg.val_size or None,
+                               pool_size=cfg.pool_size or None) for seed in cfg.seeds}
     runs = []
     for model in models:
         strategies = [resolve_strategy(name, model) for name in cfg.strategies]
         checkpoint = cfg.checkpoint_for(model.key, len(models)) or model.default_checkpoint
-        base = {"schema_version": SCHEMA_VERSION, "model": model.key, "family": model.family,
-                "checkpoint": checkpoint, "dataset": dataset.name, "dataset_sha256": dataset.sha256}
+        base = {"schema_version": SCHEMA_VERSION, "kind": "train", "model": model.key,
+                "family": model.family, "checkpoint": checkpoint, "dataset": dataset.name,
+                "dataset_sha256": dataset.sha256}
+        if cfg.perf_structures:
+            n = min(cfg.perf_structures, len(dataset.test))
+            spec = {**base, "kind": "perf", "n_structures": n}
+            runs.append(PlannedRun(run_id(spec), spec, model, None, (), ()))
         for strategy in strategies:
             if strategy.freeze_k is None:
                 spec = {**base, "strategy": strategy.name, "freeze_k": None, "e0_policy": "foundation",
                         "train_size": 0, "train_size_requested": 0, "seed": 0, "train_config": None}
                 runs.append(PlannedRun(run_id(spec), spec, model, strategy, (), ()))
                 continue
-            for seed in cfg.seeds:
-                split = plan_split(leak, seed=seed, val_fraction=cfg.val_fraction)
+            for seed, split in splits.items():
                 for requested in cfg.sizes:
                     n = resolve_size(requested, len(split.order))
                     spec = {**base, "strategy": strategy.name, "freeze_k": strategy.freeze_k,
                             "e0_policy": cfg.e0_policy, "train_size": n,
-                            "train_size_requested": requested,
+                            "train_size_requested": requested, "pool_size": len(split.order),
                             "train_fraction": n / len(split.order), "seed": seed,
-                            "val_fraction": cfg.val_fraction, "n_val": len(split.val),
-                            "train_config": cfg.train_config()}
+                            "val_fraction": cfg.val_fraction, "val_size": cfg.val_size,
+                            "n_val": len(split.val), "train_config": cfg.train_config()}
                     runs.append(PlannedRun(run_id(spec), spec, model, strategy,
                                            split.train(n), split.val))
-    return Plan(cfg, dataset, runs)
+    return runs
+
+
+def make_plan(cfg: SweepConfig) -> Plan:
+    models = resolve_models(cfg.models)
+    datasets = {}
+    for name in cfg.datasets:
+        dataset = load_dataset(name)
+        datasets[dataset.name] = dataset
+    runs = [run for d in datasets.values() for run in _dataset_runs(cfg, models, d)]
+    return Plan(cfg, datasets, runs)
 
 
 def _write_frames(path: Path, frames) -> None:
@@ -95,21 +114,6 @@ def _write_frames(path: Path, frames) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp, frames, format="extxyz")
     os.replace(tmp, path)
-
-
-def _die_with_parent() -> None:
-    """Workers get SIGKILL when the orchestrator dies, so no orphan keeps training."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    os.setsid()
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"worker killed by {name}{hint}"
-    return f"worker exited with code {code}"
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -125,106 +129,151 @@ def _record(run: PlannedRun, status: str, reason: str | None, started: str, **fi
             "provenance": {**provenance(), "started_at": started, "finished_at": now()}, **fields}
 
 
-def run_worker(run: PlannedRun, python: Path, data: dict, store: Store, cfg: SweepConfig,
+def run_worker(run: PlannedRun, server: ForkServer, data: dict, store: Store, cfg: SweepConfig,
                progress: Progress) -> dict:
-    """Run one spec in a worker process and turn whatever happens into a record."""
+    """Run one spec in a forked worker and turn whatever happens into a record."""
     started = now()
     attempt = f"{run.run_id}-{os.getpid()}-{time.time_ns()}"
     jobs = store.root / "jobs"
     result_path, progress_path = jobs / f"{attempt}.result.json", jobs / f"{attempt}.progress.jsonl"
     log_path = store.root / "logs" / f"{run.run_id}.log"
-    threads = cfg.threads or os.cpu_count() or 1
     job = {**run.spec, "adapter": run.model.adapter, "packages": list(run.model.packages),
            "data": {**data, "train": list(run.train_idx), "val": list(run.val_idx)},
-           "device": cfg.device, "threads": threads, "result_path": str(result_path),
-           "progress_path": str(progress_path),
+           "device": cfg.device, "threads": worker_threads(cfg), "result_path": str(result_path),
+           "progress_path": str(progress_path), "log_path": str(log_path),
            "predictions_path": str(store.root / "predictions" / f"{run.run_id}.npz")}
     job_path = jobs / f"{attempt}.job.json"
     atomic_write_json(job_path, job)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1"}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([str(python), "-m", "adapters.worker", str(job_path)],
-                                cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
-        seen, deadline, timed_out = 0, time.monotonic() + cfg.run_timeout_s, False
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if progress_path.exists():
-                lines = progress_path.read_text().splitlines()
-                for line in lines[seen:]:
-                    progress.epoch(json.loads(line))
-                seen = len(lines)
-            if time.monotonic() > deadline:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    seen = 0
+
+    def tick() -> None:
+        nonlocal seen
+        if progress_path.exists():
+            lines = progress_path.read_text().splitlines()
+            for line in lines[seen:]:
+                progress.epoch(json.loads(line))
+            seen = len(lines)
+
+    failure = None
+    try:
+        server.submit(job_path)
+        code = server.wait(cfg.run_timeout_s, tick)
+        failure = None if code == 0 or result_path.exists() else describe_exit(code)
+    except (WorkerTimeout, WorkerLost, BrokenPipeError) as exc:
+        failure = str(exc)
     artefacts = {"log": str(log_path.relative_to(store.root))}
-    if result_path.exists():
+    if failure is None and result_path.exists():
         result = json.loads(result_path.read_text())
         status, reason = result.pop("status"), result.pop("reason")
-        if status == "ok":
+        if status == "ok" and run.spec["kind"] == "train":
             artefacts["predictions"] = f"predictions/{run.run_id}.npz"
         record = _record(run, status, reason, started, artefacts=artefacts, **result)
     else:
-        reason = (f"timed out after {cfg.run_timeout_s:.0f} s" if timed_out
-                  else _describe_exit(proc.returncode))
-        record = _record(run, "failed", reason, started, artefacts=artefacts,
-                         log_tail=_tail(log_path))
+        record = _record(run, "failed", failure, started, artefacts=artefacts, log_tail=_tail(log_path))
     for path in (job_path, result_path, progress_path):
         path.unlink(missing_ok=True)
     return record
+
+
+def worker_threads(cfg: SweepConfig) -> int:
+    return cfg.threads or os.cpu_count() or 1
 
 
 def _summary(record: dict) -> str:
     m = record.get("metrics") or {}
     if record["status"] != "ok":
         return (record.get("reason") or "").splitlines()[0][:160] if record.get("reason") else ""
+    if record["spec"]["kind"] == "perf":
+        t = record["timing"]
+        return (f"batched predict {t['speedup_vs_ase_calculator']:.1f}x the ASE calculator, "
+                f"{t['inference_atoms_per_s']:.0f} atoms/s")
     text = f"E {m['energy_rmse_mev_per_atom']:.1f} meV/atom, F {m['forces_rmse_mev_per_ang']:.1f} meV/Å"
     if m.get("stress_rmse_gpa") is not None:
         text += f", S {m['stress_rmse_gpa']:.2f} GPa"
     return text
 
 
-def execute(plan: Plan, store: Store, *, log=print) -> dict[str, int]:
-    """Run every planned spec not already ``ok``; returns counts by status."""
-    ds = plan.dataset
-    data_dir = store.root / "data" / f"{ds.name}-{ds.sha256[:12]}"
+def _data_files(dataset: Dataset, store: Store) -> dict[str, str]:
+    data_dir = store.root / "data" / f"{dataset.name}-{dataset.sha256[:12]}"
     data = {"pool": str(data_dir / "pool.xyz"), "test": str(data_dir / "test.xyz")}
-    _write_frames(Path(data["pool"]), ds.pool)
-    _write_frames(Path(data["test"]), ds.test)
-    pythons: dict[str, Path | Exception] = {}
+    _write_frames(Path(data["pool"]), dataset.pool)
+    _write_frames(Path(data["test"]), dataset.test)
+    return data
+
+
+class _Servers:
+    """One fork server per family environment, started on first use, restarted if lost."""
+
+    def __init__(self, store: Store, cfg: SweepConfig, log):
+        self.store, self.cfg, self.log = store, cfg, log
+        self.pythons: dict[str, Path | Exception] = {}
+        self.servers: dict[str, ForkServer] = {}
+        self.env_setup_s = 0.0  # checking (and building) environments
+
+    def get(self, model: ModelInfo) -> ForkServer | Exception:
+        if model.env not in self.pythons:
+            t0 = time.perf_counter()
+            try:
+                self.pythons[model.env] = envs.ensure(model, log=self.log)
+            except envs.EnvironmentBuildError as exc:
+                self.pythons[model.env] = exc
+            self.env_setup_s += time.perf_counter() - t0
+        python = self.pythons[model.env]
+        if isinstance(python, Exception):
+            return python
+        server = self.servers.get(model.env)
+        if server is None or not server.alive:
+            threads = str(worker_threads(self.cfg))
+            env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": threads,
+                   "PYTHONUNBUFFERED": "1"}
+            server = ForkServer(python, model.adapter, self.store.root / "logs" / f"server-{model.env}.log", env)
+            self.servers[model.env] = server
+        return server
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+
+
+def execute(plan: Plan, store: Store, *, log=print) -> dict[str, float]:
+    """Run every planned spec not already ``ok``; returns counts by status (+ ``reused``,
+    ``env_setup_s``), and appends the sweep's wall time to ``sweeps.jsonl``."""
+    t_start, started = time.perf_counter(), now()
+    data = {name: _data_files(ds, store) for name, ds in plan.datasets.items()}
+    servers = _Servers(store, plan.config, log)
     known_skips: dict[tuple, str] = {}  # a missing checkpoint is tried once per sweep
     counts = {"reused": 0}
     progress = Progress(len(plan.runs))
-    for run in plan.runs:
-        progress.start(run.label)
-        existing = store.get(run.run_id)
-        if existing and existing["status"] == "ok":
-            counts["reused"] += 1
-            progress.finish("ok (stored)", _summary(existing))
-            continue
-        started = now()
-        scopes = [(run.model.key, run.spec["checkpoint"], "model")]
-        if not run.strategy.scratch:
-            scopes.append((run.model.key, run.spec["checkpoint"], "checkpoint"))
-        known = next((known_skips[s] for s in scopes if s in known_skips), None)
-        if known:
-            record = _record(run, "skipped", known, started)
-        else:
-            if run.model.env not in pythons:
-                try:
-                    pythons[run.model.env] = envs.ensure(run.model, log=log)
-                except envs.EnvironmentBuildError as exc:
-                    pythons[run.model.env] = exc
-            python = pythons[run.model.env]
-            if isinstance(python, Exception):
-                record = _record(run, "failed", f"environment unavailable: {python}", started)
+    try:
+        for run in plan.runs:
+            progress.start(run.label)
+            existing = store.get(run.run_id)
+            if existing and existing["status"] == "ok":
+                counts["reused"] += 1
+                progress.finish("ok (stored)", _summary(existing))
+                continue
+            started = now()
+            scopes = [(run.model.key, run.spec["checkpoint"], "model")]
+            if run.strategy is not None and not run.strategy.scratch:
+                scopes.append((run.model.key, run.spec["checkpoint"], "checkpoint"))
+            known = next((known_skips[s] for s in scopes if s in known_skips), None)
+            server = None if known else servers.get(run.model)
+            if known:
+                record = _record(run, "skipped", known, started)
+            elif isinstance(server, Exception):
+                record = _record(run, "failed", f"environment unavailable: {server}", started)
             else:
-                record = run_worker(run, python, data, store, plan.config, progress)
+                record = run_worker(run, server, data[run.spec["dataset"]], store, plan.config, progress)
                 if record.get("skip_scope"):
                     known_skips[(run.model.key, run.spec["checkpoint"], record["skip_scope"])] = record["reason"]
-        store.put(record)
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-        progress.finish(record["status"], _summary(record))
+            store.put(record)
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+            progress.finish(record["status"], _summary(record))
+    finally:
+        servers.close()
+    counts["env_setup_s"] = round(servers.env_setup_s, 1)
+    entry = {"preset": plan.config.preset, "started_at": started, "wall_s": time.perf_counter() - t_start,
+             "n_runs": len(plan.runs), "counts": counts, "env_build_s": servers.env_setup_s, **provenance()}
+    with (store.root / SWEEP_LOG).open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
     return counts

@@ -33,8 +33,14 @@ class Split:
         return self.order[:n]
 
 
-def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float) -> Split:
-    """Shuffle leak groups with ``seed``; hold out ``val_fraction`` of them for validation."""
+def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float,
+               val_size: int | None = None, pool_size: int | None = None) -> Split:
+    """Shuffle leak groups with ``seed``; hold out ``val_fraction`` of them for validation.
+
+    ``val_size`` instead holds out whole groups until at least that many frames; ``pool_size``
+    keeps at most that many frames of the training order (a smaller pool for quick sweeps;
+    a smaller dataset keeps all it has, and each record stores the pool size it used).
+    """
     if not 0 < val_fraction < 1:
         raise DatasetError(f"validation fraction {val_fraction} must be in (0, 1)")
     unique = sorted(set(leak_groups))
@@ -42,14 +48,26 @@ def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float) -> Spl
         raise DatasetError("the training pool needs at least 2 independent groups to split")
     rng = np.random.default_rng(seed)
     shuffled = [unique[i] for i in rng.permutation(len(unique))]
-    n_val = min(max(1, round(val_fraction * len(unique))), len(unique) - 1)
-    val_groups = set(shuffled[:n_val])
     members: dict[str, list[int]] = {}
     for i, g in enumerate(leak_groups):
         members.setdefault(g, []).append(i)
+    if val_size is not None:
+        if val_size < 1:
+            raise DatasetError(f"validation size {val_size} must be >= 1")
+        n_val, held = 0, 0
+        while held < val_size and n_val < len(unique) - 1:
+            held += len(members[shuffled[n_val]])
+            n_val += 1
+    else:
+        n_val = min(max(1, round(val_fraction * len(unique))), len(unique) - 1)
+    val_groups = set(shuffled[:n_val])
     val = tuple(i for g in shuffled[:n_val] for i in members[g])
     order = tuple(i for g in shuffled[n_val:] for i in members[g])
     assert not val_groups & {leak_groups[i] for i in order}
+    if pool_size is not None:
+        if pool_size < 1:
+            raise DatasetError(f"training pool size {pool_size} must be >= 1")
+        order = order[:pool_size]
     return Split(val=val, order=order)
 
 

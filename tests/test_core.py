@@ -20,13 +20,13 @@ def test_orchestrator_imports_no_model_library_or_torch():
     code = (
         "import sys, bench.cli, bench.runner, bench.report, bench.envs\n"
         "from bench.runner import make_plan\nfrom bench.config import SweepConfig\n"
-        "plan = make_plan(SweepConfig(models='all'))\n"
+        "plan = make_plan(SweepConfig.from_preset('quick'))\n"
         "bench.cli.main(['list', 'models'])\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not heavy, heavy\nprint(len(plan.runs))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert int(out.stdout.strip().splitlines()[-1]) == 36
+    assert int(out.stdout.strip().splitlines()[-1]) == 80
 
 
 def test_strategies_resolve_per_family_block_layout():

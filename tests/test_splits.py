@@ -38,3 +38,15 @@ def test_sizes_parse_as_counts_fractions_or_percentages():
     assert resolve_size(0.25, 40) == 10 and resolve_size(7, 40) == 7
     with pytest.raises(DatasetError, match="not a number"):
         parse_size("ten")
+
+
+def test_val_size_holds_out_whole_groups_and_pool_size_caps_the_order():
+    groups = [f"g{i // 2}" for i in range(20)]  # 10 groups of 2 frames
+    split = plan_split(groups, seed=3, val_fraction=0.5, val_size=3, pool_size=5)
+    assert len(split.val) == 4 and len(split.order) == 5  # 2 whole groups; first 5 of the order
+    assert not {groups[i] for i in split.val} & {groups[i] for i in split.order}
+    full = plan_split(groups, seed=3, val_fraction=0.5, val_size=3)
+    assert full.order[:5] == split.order and len(full.order) == 16
+    assert len(plan_split(groups, seed=3, val_fraction=0.5, val_size=3, pool_size=99).order) == 16
+    with pytest.raises(DatasetError, match="validation size 0"):
+        plan_split(groups, seed=0, val_fraction=0.5, val_size=0)

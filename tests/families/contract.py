@@ -15,12 +15,16 @@ refit solves its normal equation; scratch shares the architecture; seeds reprodu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from ase import units
 
 from adapters.training import TrainConfig, refit_reference_energies, train
+from adapters.training import _loss as training_loss
+from adapters.training import _targets as training_targets
 from bench.registry import get_model, resolve_strategy
 from datasets import load_dataset
 
@@ -77,6 +81,16 @@ class AdapterContract:
             np.testing.assert_allclose(pred.forces[offset : offset + n], atoms.get_forces(), atol=f_tol)
             np.testing.assert_allclose(pred.stress[i], atoms.get_stress(voigt=True), atol=s_tol)
             offset += n
+
+    def test_adapter_calculator_is_the_library_s_and_leaves_the_model_alone(self, foundation, calculator, mo):
+        """``ase_calculator()`` (the timing job's baseline) gives the library's numbers on a copy."""
+        atoms, flags = mo[0].test[0].copy(), [p.requires_grad for p in foundation.model_.parameters()]
+        atoms.calc = foundation.ase_calculator()
+        energy = atoms.get_potential_energy()
+        atoms.calc = calculator
+        assert energy == pytest.approx(atoms.get_potential_energy(), abs=self.calculator_atol[0] * len(atoms))
+        assert [p.requires_grad for p in foundation.model_.parameters()] == flags
+        assert foundation.predict(mo[0].test[:2]).energy.shape == (2,)  # still batched
 
     def test_dataset_stress_convention_matches_the_model(self, foundation):
         """The converters' stress order and sign agree with an independent model (the witness)."""
@@ -154,3 +168,37 @@ class AdapterContract:
         assert np.isfinite(ha.epochs[1]["train_loss"])
         assert ha.epochs[1]["train_loss"] == hb.epochs[1]["train_loss"]
         assert ha.epochs[1]["val_loss"] == hb.epochs[1]["val_loss"]
+
+
+class HotPathBenchmarks:
+    """pytest-benchmark timings of the hot paths on four small Mo cells (recorded, not asserted:
+    speed targets are judged by the sweep's timing jobs, as ratios within one run)."""
+
+    @pytest.fixture(scope="class")
+    def cells(self, mo):
+        return mo[1][:4]
+
+    def test_benchmark_graph_building(self, benchmark, foundation, cells):
+        graphs = benchmark.pedantic(lambda: [foundation.featurize(a) for a in cells], rounds=3, warmup_rounds=1)
+        assert len(graphs) == len(cells)
+
+    def test_benchmark_batched_predict(self, benchmark, foundation, cells):
+        graphs = [foundation.featurize(a) for a in cells]
+        pred = benchmark.pedantic(lambda: foundation.predict(cells, graphs=graphs), rounds=3, warmup_rounds=1)
+        assert np.isfinite(pred.forces).all()
+
+    def test_benchmark_training_step(self, benchmark, make, cells):
+        adapter = make().freeze(0)
+        cfg = TrainConfig(batch_size=len(cells))
+        batch = training_targets(adapter, cells, with_stress=True)
+        opt = torch.optim.AdamW([p for p in adapter.model_.parameters() if p.requires_grad], lr=1e-5)
+        adapter.model_.train(True)
+
+        def step() -> float:
+            loss, _ = training_loss(adapter, batch, cfg, True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        assert math.isfinite(benchmark.pedantic(step, rounds=3, warmup_rounds=1))

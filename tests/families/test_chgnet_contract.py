@@ -12,7 +12,7 @@ pytest.importorskip("chgnet", reason="runs in the chgnet environment: tox -e chg
 import torch  # noqa: E402
 
 from adapters.chgnet_adapter import CHGNetAdapter  # noqa: E402
-from tests.families.contract import AdapterContract  # noqa: E402
+from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
 
 torch.set_num_threads(2)
 ADAPTER, CHECKPOINT = CHGNetAdapter, "0.3.0"
@@ -25,7 +25,7 @@ def calculator(foundation):
     return CHGNetCalculator(foundation.model_, use_device="cpu")
 
 
-class TestCHGNetContract(AdapterContract):
+class TestCHGNetContract(AdapterContract, HotPathBenchmarks):
     family = "chgnet"
     stress_witness = (("mlearn-Mo", "Elastic"), ("snap-NbMoTaW", "Mo_Elastic"))
 

@@ -19,7 +19,7 @@ from ase.build import bulk  # noqa: E402
 from adapters.base import CheckpointUnavailable  # noqa: E402
 from adapters.m3gnet_adapter import M3GNetAdapter  # noqa: E402
 from adapters.training import TrainConfig, refit_reference_energies  # noqa: E402
-from tests.families.contract import AdapterContract  # noqa: E402
+from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
 
 torch.set_num_threads(1)  # 2-core CI machines; extra threads only contend
 N_PARAMS = 664_221  # M3GNet-MatPES-PBE-v2025.1-PES
@@ -41,7 +41,7 @@ def calculator(foundation):
     return PESCalculator(foundation.model_, stress_unit="eV/A3")
 
 
-class TestM3GNetContract(AdapterContract):
+class TestM3GNetContract(AdapterContract, HotPathBenchmarks):
     family = "m3gnet"
     calculator_atol = (1e-5, 1e-5, 1e-7)
     # measured 0.076-0.079 eV/Å after training vs 0.091 zero-shot over seeds 0-2

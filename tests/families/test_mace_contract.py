@@ -27,7 +27,7 @@ from adapters.mace_adapter import MACE_FREEZE_TO_K, MP_ELEMENTS, MACEAdapter, ca
 from adapters.training import TrainConfig  # noqa: E402
 from bench.registry import get_model  # noqa: E402
 from tests.families import mace_standin  # noqa: E402
-from tests.families.contract import AdapterContract  # noqa: E402
+from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
 
 torch.set_num_threads(1)
 pytestmark = [  # library noise: e3nn's TorchScript, and the env var `import mace` sets
@@ -63,7 +63,7 @@ def calculator(foundation_path):
     return MACECalculator(model_paths=str(foundation_path), device="cpu", default_dtype="float32")
 
 
-class TestMACEContract(AdapterContract):
+class TestMACEContract(AdapterContract, HotPathBenchmarks):
     family = "mace"
     calculator_atol = (1e-5, 1e-5, 1e-7)
     stress_witness = ()  # the small stand-in is no witness; see the strain-derivative test

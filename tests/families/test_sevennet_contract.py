@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from adapters.base import CheckpointUnavailable  # noqa: E402
 from adapters.sevennet_adapter import SevenNetAdapter  # noqa: E402
 from adapters.training import TrainConfig, refit_reference_energies  # noqa: E402
-from tests.families.contract import AdapterContract  # noqa: E402
+from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -30,7 +30,7 @@ def calculator():
     return SevenNetCalculator("7net-0", device="cpu")  # its own model: it makes it unbatched
 
 
-class TestSevenNetContract(AdapterContract):
+class TestSevenNetContract(AdapterContract, HotPathBenchmarks):
     family = "sevennet"
     stress_witness = (("mlearn-Mo", "Elastic"), ("snap-NbMoTaW", "Mo_Elastic"))
     # the readout alone moves slowly: surfaces only, no stress; measured 0.159 -> 0.119 eV/Å

@@ -1,0 +1,101 @@
+"""Timing benchmarks run inside a family's worker: one per model and dataset per sweep.
+
+* ``reference_workload_s``: a fixed torch workload (matmuls + a small MLP forward and
+  backward) timed on the run's threads, so ``bench compare`` can judge timings as ratios
+  to it and a slower or busier machine is not read as a regression.
+* ``predict_vs_calculator``: the adapter's batched ``predict`` (featurize included) against
+  the library's own ASE calculator called structure by structure on the same structures,
+  with the largest disagreement between the two as a correctness check.
+
+Example:
+    >>> predict_vs_calculator(adapter, frames, stress=True)["speedup_vs_ase_calculator"]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ase import Atoms
+
+    from adapters.base import Adapter
+
+
+def reference_workload_s(repeats: int = 3) -> float:
+    """Median seconds of a fixed workload; same size on every machine and run."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(512, 512, generator=gen) / 512**0.5
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.SiLU(), torch.nn.Linear(128, 1))
+    x = torch.randn(8192, 64, generator=gen, requires_grad=True)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        b = a
+        for _ in range(12):
+            b = torch.tanh(b @ a)
+        out = mlp(x).sum()
+        (grad,) = torch.autograd.grad(out, x, create_graph=True)
+        grad.square().sum().backward()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), result
+
+
+def _calculator_loop(calc, frames: Sequence[Atoms], stress: bool) -> dict[str, np.ndarray]:
+    energy, forces, stresses = [], [], []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        energy.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+        if stress:
+            stresses.append(atoms.get_stress())
+    return {"energy": np.array(energy), "forces": np.concatenate(forces),
+            "stress": np.array(stresses) if stress else None}
+
+
+def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: bool,
+                          repeats: int = 2) -> dict:
+    """Seconds per structure both ways (after a warm-up), their ratio, and their agreement."""
+    n_atoms = sum(len(a) for a in frames)
+    adapter.predict(frames[:2], stress=stress)  # warm-up (lazy inits, allocator)
+    t0 = time.perf_counter()
+    graphs = [adapter.featurize(a) for a in frames]
+    featurize_s = time.perf_counter() - t0
+    batched_s, pred = _timed(lambda: adapter.predict(frames, stress=stress), repeats)
+    forward_s, _ = _timed(lambda: adapter.predict(frames, stress=stress, graphs=graphs), repeats)
+    calc = adapter.ase_calculator()
+    _calculator_loop(calc, frames[:2], stress)  # warm-up
+    calc_s, ref = _timed(lambda: _calculator_loop(calc, frames, stress), repeats)
+    per_atom = np.array([len(a) for a in frames])
+    out = {
+        "n_structures": len(frames), "n_atoms": n_atoms, "predict_batch_size": adapter.predict_batch_size,
+        "featurize_s_per_structure": featurize_s / len(frames),
+        "predict_s_per_structure": batched_s / len(frames),
+        "predict_featurized_s_per_structure": forward_s / len(frames),
+        "ase_calculator_s_per_structure": calc_s / len(frames),
+        "speedup_vs_ase_calculator": calc_s / batched_s,
+        "inference_atoms_per_s": n_atoms / forward_s,
+        "predict_atoms_per_s": n_atoms / batched_s,
+        "ase_calculator_atoms_per_s": n_atoms / calc_s,
+        "max_energy_diff_mev_per_atom": 1000 * float(np.max(np.abs(pred.energy - ref["energy"]) / per_atom)),
+        "max_force_diff_mev_per_ang": 1000 * float(np.max(np.abs(pred.forces - ref["forces"]))),
+        "repeats": repeats,
+    }
+    if stress:
+        out["max_stress_diff_gpa"] = 160.21766208 * float(np.max(np.abs(pred.stress - ref["stress"])))
+    return out

@@ -1,0 +1,114 @@
+"""Report figures as PNG bytes (matplotlib's object API: no pyplot state, no display)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
+
+from bench.headline import ENERGY, FORCES, Point, Reference
+from bench.metrics import METRICS
+
+PANELS = (ENERGY, FORCES)
+
+
+def _png(fig: Figure) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def _size_ticks(ax, points: list[Point]) -> None:
+    ticks = {p.size: p.fraction for p in points if p.size}
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(ticks), [f"{n}\n({100 * f:.0f} %)" if f else str(n) for n, f in sorted(ticks.items())])
+    ax.xaxis.set_minor_locator(NullLocator())
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 40, not 4×10¹ (minor labels on short ranges)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel("training structures (% of pool)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _series(ax, points: list[Point], metric: str, **style) -> None:
+    pts = [p for p in points if p.size and p.stat(metric)]
+    ax.errorbar([p.size for p in pts], [p.stat(metric).mean for p in pts],
+                yerr=[p.stat(metric).std for p in pts], marker="o", capsize=3, **style)
+
+
+def learning_curves(series: dict[str, list[Point]], reference: Reference | None, title: str,
+                    tolerance: float) -> bytes | None:
+    """Test error vs training size, one line per strategy (error bars: std over seeds);
+    zero-shot as a dashed line, scratch at the largest size as the dotted reference."""
+    trained = {name: pts for name, pts in series.items() if any(p.size for p in pts)}
+    if not trained:
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, PANELS, strict=True):
+        for name, pts in trained.items():
+            _series(ax, pts, metric, label=name)
+        for name, pts in series.items():
+            if name not in trained and pts[0].stat(metric):
+                ax.axhline(pts[0].stat(metric).mean, color="k", linestyle="--", label=name)
+        if reference and reference.point.stat(metric):
+            ref = reference.point.stat(metric).mean
+            ax.axhline(ref, color="grey", linestyle=":", label=f"reference: scratch n={reference.point.size}")
+            ax.axhspan(ref, ref * (1 + tolerance), color="grey", alpha=0.12)
+        _size_ticks(ax, [p for pts in trained.values() for p in pts])
+        ax.set_ylabel(METRICS[metric])
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def cross_family(best: dict[str, tuple[list[Point], Point | None]], title: str) -> bytes | None:
+    """Each family at its best strategy; its zero-shot as a dashed line of the same colour."""
+    if not best:
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, PANELS, strict=True):
+        for i, (label, (points, zero)) in enumerate(best.items()):
+            colour = f"C{i}"
+            _series(ax, points, metric, label=label, color=colour)
+            if zero and zero.stat(metric):
+                ax.axhline(zero.stat(metric).mean, color=colour, linestyle="--", alpha=0.7)
+        _size_ticks(ax, [p for pts, _ in best.values() for p in pts])
+        ax.set_ylabel(METRICS[metric])
+    axes[1].legend(fontsize=8, title="dashed: zero-shot")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def parity(runs: dict[str, Path], title: str, max_points: int = 20000) -> bytes | None:
+    """DFT vs predicted energy per atom and force components, one row per run."""
+    if not runs:
+        return None
+    fig = Figure(figsize=(9, 4 * len(runs)))
+    axes = fig.subplots(len(runs), 2, squeeze=False)
+    rng = np.random.default_rng(0)
+    for (label, path), (ax_e, ax_f) in zip(runs.items(), axes, strict=True):
+        with np.load(path) as d:
+            e_ref, e_pred = d["ref_energy"] / d["ref_n_atoms"], d["pred_energy"] / d["pred_n_atoms"]
+            f_ref, f_pred = d["ref_forces"].ravel(), d["pred_forces"].ravel()
+        if f_ref.size > max_points:  # keeps big test sets (OC20) plottable
+            keep = rng.choice(f_ref.size, max_points, replace=False)
+            f_ref, f_pred = f_ref[keep], f_pred[keep]
+        for ax, ref, pred, unit, what in ((ax_e, e_ref, e_pred, "eV/atom", "energy"),
+                                          (ax_f, f_ref, f_pred, "eV/Å", "force components")):
+            lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+            ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+            ax.scatter(ref, pred, s=4, alpha=0.5, rasterized=True)
+            rmse = 1000 * float(np.sqrt(np.mean((pred - ref) ** 2)))
+            ax.set_title(f"{label}\n{what}: RMSE {rmse:.1f} m{unit}", fontsize=9)
+            ax.set_xlabel(f"DFT ({unit})")
+            ax.set_ylabel(f"predicted ({unit})")
+            ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(title)
+    return _png(fig)

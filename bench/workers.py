@@ -1,0 +1,97 @@
+"""Worker processes for one family environment: a fork server that runs jobs one by one.
+
+The server (``adapters.worker --serve``) imports torch and the family's library once and
+forks a child per job, so a sweep pays the imports once per family instead of once per
+run, while every run still gets its own process. The server and its children form one
+process group: a timeout kills the group (the next job starts a fresh server), and they
+all die with the orchestrator (PR_SET_PDEATHSIG), so no orphan keeps training.
+
+Example:
+    >>> server = ForkServer(python, "adapters.chgnet_adapter:CHGNetAdapter", log_path, env)
+    >>> server.submit(job_path); code = server.wait(timeout_s=3600, tick=lambda: None)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from bench import PROJECT_ROOT
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.setsid()
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {code}"
+
+
+class WorkerTimeout(RuntimeError):
+    """The job ran past its time limit; the server's process group was killed."""
+
+
+class WorkerLost(RuntimeError):
+    """The server itself died (killed, or its environment cannot import the library)."""
+
+
+class ForkServer:
+    def __init__(self, python: Path, adapter: str, log_path: Path, env: dict[str, str]):
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                [str(python), "-m", "adapters.worker", "--serve", adapter], cwd=PROJECT_ROOT, env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+                preexec_fn=_die_with_parent)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def submit(self, job_path: Path) -> None:
+        self.proc.stdin.write(f"{job_path}\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout_s: float, tick) -> int:
+        """The job's exit code; calls ``tick()`` every half second while it runs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith("exit "):
+                    return int(line.split()[1])
+                if not line:
+                    self.proc.wait()
+                    tail = self.log_path.read_text(errors="replace")[-1500:]
+                    raise WorkerLost(f"{describe_exit(self.proc.returncode)} (fork server); log tail:\n{tail}")
+                continue  # "ready"
+            tick()
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerTimeout(f"timed out after {timeout_s:.0f} s")
+
+    def kill(self) -> None:
+        if self.alive:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.alive:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()

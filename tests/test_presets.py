@@ -1,0 +1,72 @@
+"""Presets: embedded quick/paper, user TOML/YAML files, precedence and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+from bench.config import SweepConfig, load_preset, preset_names
+from bench.registry import UnknownName
+from bench.runner import make_plan
+
+
+def test_quick_is_the_default_and_makes_curves_of_three_sizes_and_two_seeds():
+    cfg = SweepConfig.from_preset()
+    assert cfg.preset == "quick" and cfg.out == "reports/quick" and cfg.device == "auto"
+    plan = make_plan(cfg.override(models="chgnet"))
+    trained = [r.spec for r in plan.runs if r.spec["kind"] == "train" and r.spec["strategy"] == "finetune"]
+    assert sorted({(s["train_size"], s["seed"]) for s in trained}) == [(2, 0), (2, 1), (4, 0), (4, 1), (10, 0), (10, 1)]
+    assert all(s["pool_size"] == 10 and s["n_val"] >= 3 for s in trained)
+    assert [r.spec["kind"] for r in plan.runs].count("perf") == 1
+    # nested subsets of one seed's pool; validation never overlaps training
+    by_size = {r.spec["train_size"]: set(r.train_idx) for r in plan.runs
+               if r.spec["kind"] == "train" and r.spec["strategy"] == "finetune" and r.spec["seed"] == 0}
+    assert by_size[2] < by_size[4] < by_size[10]
+    run = next(r for r in plan.runs if r.spec["kind"] == "train" and r.spec["strategy"] == "finetune")
+    assert not set(run.val_idx) & by_size[10]
+
+
+def test_paper_preset_covers_both_datasets_sizes_seeds_and_frozen_levels():
+    cfg = SweepConfig.from_preset("paper")
+    assert cfg.datasets == ("snap-NbMoTaW", "oc20-traj") and cfg.seeds == (0, 1, 2)
+    assert cfg.sizes == (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
+    assert {"freeze-embedding", "freeze-interactions", "scratch", "zero-shot"} <= set(cfg.strategies)
+    assert set(preset_names()) >= {"quick", "paper", "regression"}
+
+
+def test_flags_override_the_preset(tmp_path):
+    cfg = SweepConfig.from_preset("quick", epochs=9, seeds=(3,), models=None)
+    assert (cfg.epochs, cfg.seeds, cfg.models) == (9, (3,), "all")
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_user_preset_files(tmp_path, suffix):
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".toml":
+        path.write_text('[sweep]\nmodels = "m3gnet"\nsizes = ["25%", 8]\nseeds = [4]\n[headline]\ntolerance = 0.2\n')
+    else:
+        path.write_text("sweep:\n  models: m3gnet\n  sizes: ['25%', 8]\n  seeds: [4]\nheadline:\n  tolerance: 0.2\n")
+    cfg = SweepConfig.from_preset(str(path))
+    assert (cfg.models, cfg.sizes, cfg.seeds, cfg.headline) == ("m3gnet", (0.25, 8), (4,), {"tolerance": 0.2})
+    assert cfg.out == "reports/mine" and cfg.epochs == SweepConfig().epochs
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[sweep]\nepoch = 3\n', "unknown setting(s) ['epoch']. Did you mean 'epochs'"),
+    ('[sweep\nepochs = 3\n', "not valid TOML"),
+    ('[sweep]\nepochs = 0\n', "at least 1 epoch"),
+    ('[sweep]\ndevice = "gpu"\n', "--device 'gpu'"),
+])
+def test_bad_preset_files_say_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as exc:
+        SweepConfig.from_preset(str(path))
+    assert message in str(exc.value)
+
+
+def test_unknown_or_missing_presets(tmp_path, capsys):
+    with pytest.raises(UnknownName, match="Did you mean 'quick'"):
+        load_preset("quik")
+    assert main(["run", "--preset", str(tmp_path / "none.toml"), "--dry-run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
