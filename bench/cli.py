@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.config import DEFAULT_STRATEGIES, E0_POLICIES, PRESET_DIR, SweepConfig, load_preset, preset_names
 from bench.registry import MODELS, STRATEGY_HELP, UnknownName
+from bench.store import StoreError
 from datasets.errors import DatasetError
 from datasets.splits import parse_size
 
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="hold out whole groups until at least this many validation frames (0: --val-fraction)")
     run.add_argument("--perf-structures", type=int, dest="perf_structures",
                      help="structures for each model's timing job (batched predict vs ASE calculator); 0: none")
+    run.add_argument("--executor", choices=["local", "pool", "slurm", "submitit-local"],
+                     help="local (sequential, default), pool (--workers N on this machine), slurm "
+                     "(submitit job array) or submitit-local (the same jobs as local processes)")
+    run.add_argument("--workers", type=int, help="parallel workers of pool / submitit-local (default 2)")
+    run.add_argument("--slurm-partition", dest="slurm_partition")
+    run.add_argument("--slurm-time-min", type=int, dest="slurm_time_min", help="time limit per run (minutes)")
+    run.add_argument("--slurm-gpus", type=int, dest="slurm_gpus_per_node", help="GPUs per job")
+    run.add_argument("--slurm-cpus", type=int, dest="slurm_cpus_per_task", help="CPUs per job (torch threads)")
     run.add_argument("--out", help="results directory (default reports/<preset>)")
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
 
@@ -114,7 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import execute, make_plan  # noqa: PLC0415
     from bench.store import Store, atomic_write_json  # noqa: PLC0415
 
-    given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run", "preset"}}
+    given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run", "preset"}
+             and not k.startswith("slurm_")}
+    given["slurm"] = {k.removeprefix("slurm_"): v for k, v in vars(args).items()
+                      if k.startswith("slurm_") and v is not None}
     cfg = SweepConfig.from_preset(args.preset, **given)
     plan = make_plan(cfg)
     print(f"preset {cfg.preset}: {len(plan.runs)} runs on {plan.describe()} -> {cfg.out}", file=sys.stderr)
@@ -123,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{run.run_id}  {run.label}")
         return 0
     store = Store(Path(cfg.out)).prepare()
-    counts = execute(plan, store, log=lambda msg: print(msg, file=sys.stderr))
+    counts = execute(plan, store)
     atomic_write_json(store.root / HEADLINE_SETTINGS, cfg.headline)  # `bench report` reuses them
     md, html = write_report(store.root, headline=cfg.headline)
     print(f"done: {counts}; report: {md} and {html}", file=sys.stderr)
@@ -146,6 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {md} and {html}")
             return 0
         return cmd_run(args)
-    except (UnknownName, DatasetError, ValueError) as exc:
+    except (UnknownName, DatasetError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

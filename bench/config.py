@@ -52,6 +52,9 @@ class SweepConfig:
     max_train_time_s: float = 1800.0
     perf_structures: int = 0  # per-model timing job on this many test structures (0: none)
     headline: dict = field(default_factory=dict)  # tolerances for bench.headline
+    executor: str = "local"  # local | pool | slurm | submitit-local (bench/executors.py)
+    workers: int = 2  # parallel worker slots of the pool (and of submitit-local)
+    slurm: dict = field(default_factory=dict)  # partition, time_min, gpus_per_node, cpus_per_task, ...
     out: str = ""  # default reports/<preset name>
 
     @classmethod
@@ -74,7 +77,8 @@ class SweepConfig:
             if key in sweep:
                 sweep[key] = tuple(sweep[key])
         sweep.setdefault("out", f"reports/{Path(preset).stem}")
-        return cls(preset=preset, headline=data.get("headline", {}), **sweep).override(**given)
+        slurm = {**sweep.pop("slurm", {}), **(given.pop("slurm", None) or {})}
+        return cls(preset=preset, headline=data.get("headline", {}), slurm=slurm, **sweep).override(**given)
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -85,6 +89,10 @@ class SweepConfig:
             raise ValueError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.epochs < 1:
             raise ValueError(f"--epochs {self.epochs}: training needs at least 1 epoch")
+        if self.executor not in ("local", "pool", "slurm", "submitit-local"):
+            raise ValueError(f"--executor {self.executor!r}: use local, pool, slurm or submitit-local")
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be >= 1")
         if self.e0_policy not in E0_POLICIES:
             raise ValueError(f"--e0 {self.e0_policy!r} not in {sorted(E0_POLICIES)}")
         if not self.seeds:

@@ -1,4 +1,6 @@
-"""Sweep progress: a redrawn bar on a terminal, one line per event in logs (CI)."""
+"""Sweep progress: a redrawn bar on a terminal, one line per event in logs (CI).
+
+Calls name their run, so parallel executors can report finishes in any order."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ class Progress:
         self.total, self.done = total, 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.label = ""
         self.t0 = time.monotonic()
 
     def _bar(self) -> str:
@@ -28,17 +29,16 @@ class Progress:
         self.stream.flush()
 
     def start(self, label: str) -> None:
-        self.label = label
         self._emit(f"{self._bar()} {label}", final=not self.tty)
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, label: str, row: dict) -> None:
         val = row.get("val_forces_rmse_mev_per_ang")
         extra = f" · val F-RMSE {val:.1f} meV/Å" if val is not None else ""
-        self._emit(f"{self._bar()} {self.label} · epoch {row['epoch']}/{row.get('epochs', '?')}{extra}",
+        self._emit(f"{self._bar()} {label} · epoch {row['epoch']}/{row.get('epochs', '?')}{extra}",
                    final=not self.tty)
 
-    def finish(self, status: str, summary: str = "") -> None:
+    def finish(self, label: str, status: str, summary: str = "") -> None:
         self.done += 1
         elapsed = time.monotonic() - self.t0
-        self._emit(f"{self._bar()} {self.label} -> {status}{(' ' + summary) if summary else ''}"
+        self._emit(f"{self._bar()} {label} -> {status}{(' ' + summary) if summary else ''}"
                    f" ({elapsed / 60:.1f} min elapsed)", final=True)

@@ -112,7 +112,8 @@ STRATEGY_HELP = {
     "scratch": "same architecture, random initial weights, everything trains",
     "finetune": "from the foundation, every block trains (freeze 0)",
     "freeze-embedding": "embedding frozen, interactions and readout train",
-    "freeze-interactions": "embedding and all message passing frozen, readout trains (the paper's best MACE-MP setting)",
+    "freeze-interactions": ("embedding and all message passing frozen, readout trains "
+                            "(the paper's best MACE-MP setting)"),
     "readout-only": "alias of freeze-interactions: only the readout (and E0 if --e0 train) trains",
     "freeze-<k>": "first k blocks frozen, in the forward order shown by `bench list models`",
 }

@@ -13,22 +13,28 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ase.io import write
 
-from bench import PROJECT_ROOT, envs
+from bench import envs
 from bench.config import SweepConfig
+from bench.executors import make_executor
 from bench.progress import Progress
 from bench.provenance import now, provenance
 from bench.registry import ModelInfo, Strategy, resolve_models, resolve_strategy
 from bench.store import SCHEMA_VERSION, Store, atomic_write_json, run_id
 from bench.targets import SWEEP_LOG
-from bench.workers import ForkServer, WorkerLost, WorkerTimeout, describe_exit
+from bench.workers import ForkServer, WorkerLost, WorkerSlot, WorkerTimeout, describe_exit
 from datasets import Dataset, load_dataset
 from datasets.splits import plan_split, resolve_size
 
@@ -44,11 +50,7 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        s = self.spec
-        if s["kind"] == "perf":
-            return f"{s['model']} timing ({s['n_structures']} structures)"
-        size = "" if s["strategy"] == "zero-shot" else f" n={s['train_size']} seed={s['seed']}"
-        return f"{s['model']} {s['strategy']}{size}"
+        return _label({"spec": self.spec})
 
 
 @dataclass
@@ -129,8 +131,8 @@ def _record(run: PlannedRun, status: str, reason: str | None, started: str, **fi
             "provenance": {**provenance(), "started_at": started, "finished_at": now()}, **fields}
 
 
-def run_worker(run: PlannedRun, server: ForkServer, data: dict, store: Store, cfg: SweepConfig,
-               progress: Progress) -> dict:
+def run_worker(run: PlannedRun, server: ForkServer, threads: int, data: dict, store: Store, cfg: SweepConfig,
+               on_epoch=None) -> dict:
     """Run one spec in a forked worker and turn whatever happens into a record."""
     started = now()
     attempt = f"{run.run_id}-{os.getpid()}-{time.time_ns()}"
@@ -139,7 +141,7 @@ def run_worker(run: PlannedRun, server: ForkServer, data: dict, store: Store, cf
     log_path = store.root / "logs" / f"{run.run_id}.log"
     job = {**run.spec, "adapter": run.model.adapter, "packages": list(run.model.packages),
            "data": {**data, "train": list(run.train_idx), "val": list(run.val_idx)},
-           "device": cfg.device, "threads": worker_threads(cfg), "result_path": str(result_path),
+           "device": cfg.device, "threads": threads, "result_path": str(result_path),
            "progress_path": str(progress_path), "log_path": str(log_path),
            "predictions_path": str(store.root / "predictions" / f"{run.run_id}.npz")}
     job_path = jobs / f"{attempt}.job.json"
@@ -150,8 +152,9 @@ def run_worker(run: PlannedRun, server: ForkServer, data: dict, store: Store, cf
         nonlocal seen
         if progress_path.exists():
             lines = progress_path.read_text().splitlines()
-            for line in lines[seen:]:
-                progress.epoch(json.loads(line))
+            if on_epoch:
+                for line in lines[seen:]:
+                    on_epoch(run.label, json.loads(line))
             seen = len(lines)
 
     failure = None
@@ -173,10 +176,6 @@ def run_worker(run: PlannedRun, server: ForkServer, data: dict, store: Store, cf
     for path in (job_path, result_path, progress_path):
         path.unlink(missing_ok=True)
     return record
-
-
-def worker_threads(cfg: SweepConfig) -> int:
-    return cfg.threads or os.cpu_count() or 1
 
 
 def _summary(record: dict) -> str:
@@ -201,79 +200,125 @@ def _data_files(dataset: Dataset, store: Store) -> dict[str, str]:
     return data
 
 
-class _Servers:
-    """One fork server per family environment, started on first use, restarted if lost."""
-
-    def __init__(self, store: Store, cfg: SweepConfig, log):
-        self.store, self.cfg, self.log = store, cfg, log
-        self.pythons: dict[str, Path | Exception] = {}
-        self.servers: dict[str, ForkServer] = {}
-        self.env_setup_s = 0.0  # checking (and building) environments
-
-    def get(self, model: ModelInfo) -> ForkServer | Exception:
-        if model.env not in self.pythons:
-            t0 = time.perf_counter()
-            try:
-                self.pythons[model.env] = envs.ensure(model, log=self.log)
-            except envs.EnvironmentBuildError as exc:
-                self.pythons[model.env] = exc
-            self.env_setup_s += time.perf_counter() - t0
-        python = self.pythons[model.env]
-        if isinstance(python, Exception):
-            return python
-        server = self.servers.get(model.env)
-        if server is None or not server.alive:
-            threads = str(worker_threads(self.cfg))
-            env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": threads,
-                   "PYTHONUNBUFFERED": "1"}
-            server = ForkServer(python, model.adapter, self.store.root / "logs" / f"server-{model.env}.log", env)
-            self.servers[model.env] = server
-        return server
-
-    def close(self) -> None:
-        for server in self.servers.values():
-            server.close()
+@contextlib.contextmanager
+def _claim(store: Store, rid: str):
+    """An exclusive lock on one run, so concurrent sweeps on one results directory never
+    run it twice; the kernel drops it when its holder dies (kill -9 included)."""
+    path = store.root / "locks" / f"{rid}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
-def execute(plan: Plan, store: Store, *, log=print) -> dict[str, float]:
-    """Run every planned spec not already ``ok``; returns counts by status (+ ``reused``,
-    ``env_setup_s``), and appends the sweep's wall time to ``sweeps.jsonl``."""
-    t_start, started = time.perf_counter(), now()
+def _skip_scopes(run: PlannedRun) -> list[tuple]:
+    scopes = [(run.model.key, run.spec["checkpoint"], "model")]
+    if run.strategy is not None and not run.strategy.scratch:
+        scopes.append((run.model.key, run.spec["checkpoint"], "checkpoint"))
+    return scopes
+
+
+def run_planned(run: PlannedRun, slot: WorkerSlot, *, data: dict, store: Store, cfg: SweepConfig,
+                known_skips: dict, on_epoch=None) -> dict | None:
+    """Claim, run and store one planned run (in any executor, local or remote); returns its
+    record, or None when another process holds it."""
+    with _claim(store, run.run_id) as mine:
+        if not mine:
+            return None
+        existing = store.get(run.run_id)
+        if existing and existing["status"] == "ok":  # finished meanwhile by another sweep
+            return {**existing, "_reused": True}
+        started = now()
+        known = next((known_skips[s] for s in _skip_scopes(run) if s in known_skips), None)
+        server = None if known else slot.server(run.model)
+        if known:
+            record = _record(run, "skipped", known, started)
+        elif isinstance(server, Exception):
+            record = _record(run, "failed", f"environment unavailable: {server}", started)
+        else:
+            record = run_worker(run, server, slot.threads, data[run.spec["dataset"]], store, cfg, on_epoch)
+            if record.get("skip_scope"):
+                known_skips[(run.model.key, run.spec["checkpoint"], record["skip_scope"])] = record["reason"]
+        store.put(record)
+        return record
+
+
+def execute(plan: Plan, store: Store) -> dict[str, float]:
+    """Run every planned spec not already ``ok`` with the configured executor; returns counts
+    by status (+ ``reused``, ``env_setup_s``) and appends the sweep to ``sweeps.jsonl``."""
+    t_start, sweep_started = time.perf_counter(), now()
     data = {name: _data_files(ds, store) for name, ds in plan.datasets.items()}
-    servers = _Servers(store, plan.config, log)
-    known_skips: dict[tuple, str] = {}  # a missing checkpoint is tried once per sweep
-    counts = {"reused": 0}
+    counts: dict[str, float] = {"reused": 0}
     progress = Progress(len(plan.runs))
-    try:
-        for run in plan.runs:
-            progress.start(run.label)
-            existing = store.get(run.run_id)
-            if existing and existing["status"] == "ok":
-                counts["reused"] += 1
-                progress.finish("ok (stored)", _summary(existing))
-                continue
-            started = now()
-            scopes = [(run.model.key, run.spec["checkpoint"], "model")]
-            if run.strategy is not None and not run.strategy.scratch:
-                scopes.append((run.model.key, run.spec["checkpoint"], "checkpoint"))
-            known = next((known_skips[s] for s in scopes if s in known_skips), None)
-            server = None if known else servers.get(run.model)
-            if known:
-                record = _record(run, "skipped", known, started)
-            elif isinstance(server, Exception):
-                record = _record(run, "failed", f"environment unavailable: {server}", started)
-            else:
-                record = run_worker(run, server, data[run.spec["dataset"]], store, plan.config, progress)
-                if record.get("skip_scope"):
-                    known_skips[(run.model.key, run.spec["checkpoint"], record["skip_scope"])] = record["reason"]
+    pending = []
+    for run in plan.runs:
+        existing = store.get(run.run_id)
+        if existing and existing["status"] == "ok":
+            counts["reused"] += 1
+            progress.finish(run.label, "ok (stored)", _summary(existing))
+        else:
+            pending.append(run)
+    executor = make_executor(plan.config, store.root)
+    if plan.config.executor in ("local", "pool"):
+        _prepare_environments([run.model for run in pending[1:]])
+    job = functools.partial(run_planned, data=data, store=store, cfg=plan.config, known_skips={},
+                            on_epoch=progress.epoch if executor.live_progress else None)
+    if executor.live_progress:
+        job = _announcing(job, progress)
+    for record in executor.run(pending, job):
+        if record is None:
+            counts["running elsewhere"] = counts.get("running elsewhere", 0) + 1
+            continue
+        if "_lost_run" in record:  # a remote job died before it could store a record
+            run = record.pop("_lost_run")
+            record = _record(run, "failed", record["reason"], now(), log_tail=record["log_tail"])
             store.put(record)
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-            progress.finish(record["status"], _summary(record))
-    finally:
-        servers.close()
-    counts["env_setup_s"] = round(servers.env_setup_s, 1)
-    entry = {"preset": plan.config.preset, "started_at": started, "wall_s": time.perf_counter() - t_start,
-             "n_runs": len(plan.runs), "counts": counts, "env_build_s": servers.env_setup_s, **provenance()}
+        status = "reused" if record.pop("_reused", False) else record["status"]
+        counts[status] = counts.get(status, 0) + 1
+        progress.finish(_label(record), status, _summary(record))
+    env_setup_s = sum(slot.env_setup_s for slot in executor.slots)
+    counts["env_setup_s"] = round(env_setup_s, 1)
+    entry = {"preset": plan.config.preset, "executor": plan.config.executor, "workers": len(executor.slots),
+             "started_at": sweep_started, "wall_s": time.perf_counter() - t_start, "n_runs": len(plan.runs),
+             "counts": counts, "env_build_s": env_setup_s, **provenance()}
     with (store.root / SWEEP_LOG).open("a") as fh:
         fh.write(json.dumps(entry) + "\n")
     return counts
+
+
+def _prepare_environments(models: list[ModelInfo]) -> None:
+    """Check (or build) the environments later runs need, one at a time in the background,
+    while the first family runs: building is mostly pip I/O. ``envs.ensure`` holds a lock
+    per environment, so a slot that needs one meanwhile waits for it; a failure is left to
+    that slot, which records it."""
+    order = list(dict.fromkeys(m.env for m in models))
+    by_env = {m.env: m for m in models}
+
+    def build() -> None:
+        for env in order:
+            try:
+                envs.ensure(by_env[env], log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            except envs.EnvironmentBuildError:
+                continue
+
+    threading.Thread(target=build, daemon=True).start()
+
+
+def _announcing(job, progress: Progress):
+    """Sequential runs: show each run as it starts (parallel ones show when they finish)."""
+    def announced(run: PlannedRun, slot: WorkerSlot):
+        progress.start(run.label)
+        return job(run, slot)
+    return announced
+
+
+def _label(record: dict) -> str:
+    s = record["spec"]
+    if s["kind"] == "perf":
+        return f"{s['model']} timing ({s['n_structures']} structures)"
+    size = "" if s["strategy"] == "zero-shot" else f" n={s['train_size']} seed={s['seed']}"
+    return f"{s['model']} {s['strategy']}{size}"

@@ -29,6 +29,24 @@ class StoreError(RuntimeError):
     """A results directory this version cannot use (never overwritten)."""
 
 
+# What to do about a results directory this version refuses; records are never migrated in
+# place, since an older schema's metrics cannot be told apart from this one's by content.
+NEW_OUT = ("nothing was changed; write to a new --out directory (or move this one aside), "
+           "and rerun the sweep there: records are not migrated between schema versions")
+
+
+def _load_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``, or a StoreError naming the file (truncated, not JSON, not a dict)."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable {what} ({exc}); move it aside to rerun it") from exc
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: unreadable {what} (a JSON {type(data).__name__}, not an object); "
+                         "move it aside to rerun it")
+    return data
+
+
 def run_id(spec: dict) -> str:
     """Stable hash of a run spec (canonical JSON)."""
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
@@ -48,17 +66,30 @@ class Store:
         self.records = self.root / "records"
 
     def prepare(self) -> Store:
+        """Create or reopen a results directory; refuse one of another schema version before
+        touching anything in it (it is checked first, and nothing is created or rewritten)."""
+        if not self._check_marker() and self.records.is_dir():
+            for path in sorted(self.records.glob("*.json")):  # records from before the marker existed
+                self._read(path)
         for sub in ("records", "predictions", "logs", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        marker = self.root / "store.json"
-        if marker.exists():
-            version = json.loads(marker.read_text()).get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise StoreError(f"{self.root} holds results of schema version {version}; this "
-                                 f"ftbench writes version {SCHEMA_VERSION}. Use a new --out directory.")
-        else:
-            atomic_write_json(marker, {"schema_version": SCHEMA_VERSION})
+        if not self.marker.exists():
+            atomic_write_json(self.marker, {"schema_version": SCHEMA_VERSION})
         return self
+
+    @property
+    def marker(self) -> Path:
+        return self.root / "store.json"
+
+    def _check_marker(self) -> bool:
+        """Whether ``store.json`` exists; a StoreError if it names another schema version."""
+        if not self.marker.exists():
+            return False
+        version = _load_json(self.marker, "store marker").get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.marker}: results of schema version {version}, but this ftbench reads and "
+                             f"writes version {SCHEMA_VERSION}; {NEW_OUT}")
+        return True
 
     def path(self, rid: str) -> Path:
         return self.records / f"{rid}.json"
@@ -70,13 +101,10 @@ class Store:
         return self._read(path)
 
     def _read(self, path: Path) -> dict:
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{path}: unreadable record ({exc}); move it aside to rerun it") from exc
+        record = _load_json(path, "record")
         if record.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {record.get('schema_version')} "
-                             f"!= {SCHEMA_VERSION}; use a new --out directory")
+            raise StoreError(f"{path}: record of schema version {record.get('schema_version')}, but this "
+                             f"ftbench reads and writes version {SCHEMA_VERSION}; {NEW_OUT}")
         return record
 
     def put(self, record: dict) -> None:
@@ -87,4 +115,5 @@ class Store:
     def all(self) -> list[dict]:
         if not self.records.is_dir():
             raise StoreError(f"{self.root}: no records/ directory; is this a results directory?")
+        self._check_marker()  # e.g. `bench report` on an old directory: refuse before writing a report
         return [self._read(p) for p in sorted(self.records.glob("*.json"))]

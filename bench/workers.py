@@ -1,4 +1,5 @@
-"""Worker processes for one family environment: a fork server that runs jobs one by one.
+"""Worker processes: per family environment a fork server that runs jobs one by one, and
+the worker slot (one per parallel worker) that owns a set of them.
 
 The server (``adapters.worker --serve``) imports torch and the family's library once and
 forks a child per job, so a sweep pays the imports once per family instead of once per
@@ -18,10 +19,12 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from bench import PROJECT_ROOT
+from bench import PROJECT_ROOT, envs
+from bench.registry import ModelInfo
 
 
 def _die_with_parent() -> None:
@@ -95,3 +98,42 @@ class ForkServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class WorkerSlot:
+    """One worker's fork servers (one per family environment, started on first use and
+    restarted when lost), its torch threads and extra environment (e.g. its GPU)."""
+
+    def __init__(self, store_root: Path, threads: int, env: dict[str, str] | None = None):
+        self.store_root, self.threads, self.env = Path(store_root), threads, env or {}
+        self.pythons: dict[str, Path | Exception] = {}
+        self.servers: dict[str, ForkServer] = {}
+        self.env_setup_s = 0.0  # checking (and building) environments
+
+    def server(self, model: ModelInfo) -> ForkServer | Exception:
+        if model.env not in self.pythons:
+            t0 = time.perf_counter()
+            try:
+                self.pythons[model.env] = envs.ensure(model, log=_log)
+            except envs.EnvironmentBuildError as exc:
+                self.pythons[model.env] = exc
+            self.env_setup_s += time.perf_counter() - t0
+        python = self.pythons[model.env]
+        if isinstance(python, Exception):
+            return python
+        server = self.servers.get(model.env)
+        if server is None or not server.alive:
+            env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(self.threads),
+                   "PYTHONUNBUFFERED": "1", **self.env}
+            log = self.store_root / "logs" / f"server-{model.env}-{os.getpid()}-{id(self)}.log"
+            server = ForkServer(python, model.adapter, log, env)
+            self.servers[model.env] = server
+        return server
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()

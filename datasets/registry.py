@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from datasets.converters import READERS
+from datasets.converters import READERS, stress_convention
 from datasets.errors import DatasetError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +102,29 @@ def locate(name: str, entry: dict) -> Path:
     return root
 
 
+SPLITS = ("files", "random", "groups")
+
+
+def check_entry(name: str, entry: dict) -> None:
+    """Refuse a catalog entry the converters cannot read correctly, before any file is read:
+    unknown format, stress convention or split, or test files that are not among its files."""
+    where = f"{CATALOG_PATH.name} [{name}]"
+    for key, known in (("format", tuple(READERS)), ("split", SPLITS)):
+        if entry.get(key) not in known:
+            raise DatasetError(f"{where}: unknown {key} {entry.get(key)!r}; known: {', '.join(known)}")
+    if "stress" not in entry:
+        raise DatasetError(f"{where}: no 'stress' convention; the converters need one of its source's units")
+    stress_convention(entry["stress"], where)
+    mirrors = {f["mirror"] for f in entry.get("files", [])}
+    if not mirrors:
+        raise DatasetError(f"{where}: lists no files")
+    test_files = set(entry.get("test_files", []))
+    if entry["split"] == "files" and not test_files:
+        raise DatasetError(f"{where}: split 'files' needs 'test_files'")
+    if test_files - mirrors:
+        raise DatasetError(f"{where}: test_files {sorted(test_files - mirrors)} are not among its files")
+
+
 @dataclass
 class Dataset:
     """Converted frames, split into a training pool and a fixed test set."""
@@ -152,12 +175,14 @@ def load_dataset(name_or_path: str, *, test_fraction: float = 0.2) -> Dataset:
             f"or a path to an .xyz/.extxyz/.traj file.{suggest(name_or_path, DATASETS)}"
         )
     entry = catalog()[name_or_path]
+    check_entry(name_or_path, entry)
     root = locate(name_or_path, entry)
     reader = READERS[entry["format"]]
     test_files = set(entry.get("test_files", []))
     pool, test = [], []
     for f in entry["files"]:
-        (test if f["mirror"] in test_files else pool).extend(reader(root / f["mirror"]))
+        frames = reader(root / f["mirror"], stress=entry["stress"])
+        (test if f["mirror"] in test_files else pool).extend(frames)
     if entry["split"] in {"random", "groups"}:
         pool, test = _split_test(pool, entry["split"], entry.get("test_fraction", test_fraction))
     combined = hashlib.sha256("".join(sorted(f["sha256"] for f in entry["files"])).encode())

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,10 @@ def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float,
         raise DatasetError(f"validation fraction {val_fraction} must be in (0, 1)")
     unique = sorted(set(leak_groups))
     if len(unique) < 2:
-        raise DatasetError("the training pool needs at least 2 independent groups to split")
+        raise DatasetError(
+            f"the training pool needs at least 2 independent groups to split into training and "
+            f"validation; it has {len(leak_groups)} frames in {len(unique)} group(s)"
+        )
     rng = np.random.default_rng(seed)
     shuffled = [unique[i] for i in rng.permutation(len(unique))]
     members: dict[str, list[int]] = {}
@@ -58,6 +62,11 @@ def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float,
         while held < val_size and n_val < len(unique) - 1:
             held += len(members[shuffled[n_val]])
             n_val += 1
+        if held < val_size:  # never hand back a smaller validation set than asked for
+            raise DatasetError(
+                f"validation size {val_size} is impossible: the pool has {len(leak_groups)} frames in "
+                f"{len(unique)} groups, and whole groups with one group left for training hold {held}"
+            )
     else:
         n_val = min(max(1, round(val_fraction * len(unique))), len(unique) - 1)
     val_groups = set(shuffled[:n_val])
@@ -73,7 +82,7 @@ def plan_split(leak_groups: list[str], *, seed: int, val_fraction: float,
 
 def resolve_size(size: float, n_available: int) -> int:
     """A count (int >= 1) or a fraction in (0, 1] of the available training frames."""
-    if isinstance(size, bool) or size <= 0:
+    if isinstance(size, bool) or not math.isfinite(size) or size <= 0:
         raise DatasetError(f"training size {size!r} must be a positive count or a fraction")
     if isinstance(size, float) and size <= 1:
         return max(1, round(size * n_available))

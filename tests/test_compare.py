@@ -193,3 +193,22 @@ def test_bad_input_exits_2_naming_the_path(dirs, capsys, tmp_path):
     other = write(tmp_path / "other", _record({**M3GNET_SCRATCH["spec"], "new_field": 1}, {}, {}))
     code, out = run(capsys, base, other)
     assert code == 2 and "no run in common" in out and "new_field" in out
+
+
+def test_the_committed_regression_baseline_passes_itself_and_fails_when_made_worse(tmp_path, capsys):
+    """The CI gate on the real baseline records (reports/baselines/regression)."""
+    from bench import PROJECT_ROOT
+
+    baseline = PROJECT_ROOT / "reports" / "baselines" / "regression"
+    records = Store(baseline).all()
+    trained = [r for r in records if r["status"] == "ok" and r["spec"]["strategy"] != "zero-shot"]
+    assert {r["spec"]["model"] for r in trained} == {"chgnet", "mace", "m3gnet", "sevennet"}
+    assert all(r["timing"]["reference_workload_s"] > 0 for r in trained)
+    assert main(["compare", str(baseline), write(tmp_path / "same", *records)]) == 0
+    worse = copy.deepcopy(records)
+    victim = next(r for r in worse if r["spec"]["model"] == "m3gnet" and r["spec"]["strategy"] == "finetune")
+    victim["metrics"]["forces_rmse_mev_per_ang"] *= 1.25
+    capsys.readouterr()
+    assert main(["compare", str(baseline), write(tmp_path / "worse", *worse)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "forces_rmse_mev_per_ang" in out

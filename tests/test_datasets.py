@@ -75,7 +75,7 @@ def test_stress_order_and_sign_conversion(tmp_path):
 
 @pytest.mark.parametrize(("record", "message"), [
     (_record(forces=((0, 0, 0),)), r"X\.json\[0\]: field 'forces' has shape \(1, 3\), expected \(2, 3\)"),
-    (_record(energy=float("nan")), r"X\.json\[0\]: field 'energy' is missing or not finite"),
+    (_record(energy=float("nan")), r"X\.json\[0\]: field 'energy' is not finite \(nan\)"),
     (_record(forces=((0, 0, float("inf")), (0, 0, 0))), r"field 'forces' contains NaN or inf"),
     (_record(element="Xx"), r"unknown element 'Xx'"),
     ({"structure": {}}, r"X\.json\[0\]: expected a dict with 'structure' and 'outputs'"),

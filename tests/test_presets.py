@@ -15,13 +15,13 @@ def test_quick_is_the_default_and_makes_curves_of_three_sizes_and_two_seeds():
     assert cfg.preset == "quick" and cfg.out == "reports/quick" and cfg.device == "auto"
     plan = make_plan(cfg.override(models="chgnet"))
     trained = [r.spec for r in plan.runs if r.spec["kind"] == "train" and r.spec["strategy"] == "finetune"]
-    assert sorted({(s["train_size"], s["seed"]) for s in trained}) == [(2, 0), (2, 1), (4, 0), (4, 1), (10, 0), (10, 1)]
+    assert sorted({(s["train_size"], s["seed"]) for s in trained}) == [(1, 0), (1, 1), (2, 0), (2, 1), (10, 0), (10, 1)]
     assert all(s["pool_size"] == 10 and s["n_val"] >= 3 for s in trained)
     assert [r.spec["kind"] for r in plan.runs].count("perf") == 1
     # nested subsets of one seed's pool; validation never overlaps training
     by_size = {r.spec["train_size"]: set(r.train_idx) for r in plan.runs
                if r.spec["kind"] == "train" and r.spec["strategy"] == "finetune" and r.spec["seed"] == 0}
-    assert by_size[2] < by_size[4] < by_size[10]
+    assert by_size[1] < by_size[2] < by_size[10]
     run = next(r for r in plan.runs if r.spec["kind"] == "train" and r.spec["strategy"] == "finetune")
     assert not set(run.val_idx) & by_size[10]
 

@@ -1,0 +1,182 @@
+"""Executors: how the runs a sweep still needs get carried out.
+
+* ``local`` (default): one after another, in one worker slot with all the cores.
+* ``pool``: ``--workers N`` slots on this machine, each with its own fork servers and
+  cores/N torch threads (so they do not oversubscribe the CPU) and, when several GPUs are
+  visible (``nvidia-smi -L``), one GPU each (``CUDA_VISIBLE_DEVICES``).
+* ``slurm``: one submitit job per run, submitted as a Slurm job array (partition, time,
+  GPUs, CPUs from ``--slurm-*`` or the preset's ``[sweep.slurm]``; logs per job under
+  ``<out>/submitit``). ``submitit-local`` runs the same jobs as local processes through
+  submitit's LocalExecutor: that is how CI tests this path.
+
+Every executor calls ``job(run, slot) -> record``; the job claims the run, runs it and
+stores its record itself (one file per record, atomic), so records never depend on the
+orchestrator surviving. To add an engine (Ray, Dask, ...): write a class with
+``slots`` and ``run(runs, job)`` yielding records as they finish, where each remote task
+calls ``in_fresh_slot(job, run, store_root, threads)``, and register it in ``EXECUTORS``.
+
+Example:
+    >>> executor = make_executor(cfg, store_root)
+    >>> for record in executor.run(pending, job): ...
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bench.workers import WorkerSlot
+
+EXECUTORS = ("local", "pool", "slurm", "submitit-local")
+SLURM_KEYS = {"partition": "slurm_partition", "time_min": "timeout_min", "gpus_per_node": "gpus_per_node",
+              "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "array_parallelism": "slurm_array_parallelism",
+              "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint"}
+
+
+def visible_gpus() -> int:
+    """GPUs on this machine, without importing torch (0 when there is no nvidia-smi)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
+
+
+def in_fresh_slot(job: Callable, run, store_root: Path, threads: int) -> dict:
+    """Run one job in a slot of its own (remote engines: one job per process)."""
+    slot = WorkerSlot(store_root, threads)
+    try:
+        return job(run, slot)
+    finally:
+        slot.close()
+
+
+class Local:
+    live_progress = True
+
+    def __init__(self, store_root: Path, threads: int):
+        self.slots = [WorkerSlot(store_root, threads)]
+
+    def run(self, runs: list, job: Callable) -> Iterator[dict]:
+        try:
+            for run in runs:
+                yield job(run, self.slots[0])
+        finally:
+            self.slots[0].close()
+
+
+class Pool:
+    live_progress = False  # interleaved epochs of parallel runs would be unreadable
+
+    def __init__(self, store_root: Path, threads: int, workers: int, gpus: int):
+        if workers < 1:
+            raise ValueError(f"--workers {workers} must be >= 1")
+        per = max(1, threads // workers)
+        self.slots = [WorkerSlot(store_root, per, {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else None)
+                      for i in range(workers)]
+
+    def run(self, runs: list, job: Callable) -> Iterator[dict]:
+        todo: queue.Queue = queue.Queue()
+        for run in runs:
+            todo.put(run)
+        done: queue.Queue = queue.Queue()
+
+        def worker(slot: WorkerSlot) -> None:
+            try:
+                while True:
+                    try:
+                        run = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    done.put(job(run, slot))
+            finally:
+                slot.close()
+                done.put(None)  # this worker is finished
+
+        threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in self.slots]
+        for t in threads:
+            t.start()
+        finished = 0
+        while finished < len(threads):
+            record = done.get()
+            if record is None:
+                finished += 1
+            else:
+                yield record
+
+
+class Submitit:
+    live_progress = False
+
+    def __init__(self, store_root: Path, threads: int, cluster: str, slurm: dict, parallel: int):
+        import submitit  # noqa: PLC0415 - only this executor needs it
+
+        unknown = sorted(set(slurm) - set(SLURM_KEYS))
+        if unknown:
+            raise ValueError(f"unknown slurm setting(s) {unknown}; known: {sorted(SLURM_KEYS)}")
+        self.cluster, self.parallel = cluster, max(1, parallel)
+        self.store_root = Path(store_root)
+        local_share = max(1, threads // self.parallel)  # local jobs share this machine's cores
+        self.threads = int(slurm.get("cpus_per_task", local_share if cluster == "local" else threads))
+        self.executor = submitit.AutoExecutor(folder=self.store_root / "submitit", cluster=cluster)
+        params = {SLURM_KEYS[k]: v for k, v in slurm.items()}
+        params.setdefault("timeout_min", 24 * 60)
+        if cluster == "local":  # the local executor takes only the generic parameters
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        self.executor.update_parameters(**params)
+        self.slots = []
+
+    def _submit(self, job: Callable, run):
+        return self.executor.submit(in_fresh_slot, job, run, self.store_root, self.threads)
+
+    def _result(self, submitted, run) -> dict:
+        try:
+            return submitted.result()
+        except Exception as exc:  # the job died (killed, OOM, node failure): keep a record
+            return {"_lost_run": run, "reason": f"submitit job {submitted.job_id} failed: "
+                    f"{str(exc).strip().splitlines()[-1][:300]}", "log_tail": (submitted.stderr() or "")[-3000:]}
+
+    def run(self, runs: list, job: Callable) -> Iterator[dict]:
+        import submitit  # noqa: PLC0415
+
+        if self.cluster != "local":  # one job array; Slurm's array parallelism throttles it
+            with self.executor.batch():
+                jobs = [self._submit(job, run) for run in runs]
+            by_id = {j.job_id: run for j, run in zip(jobs, runs, strict=True)}
+            for j in submitit.helpers.as_completed(jobs, poll_frequency=30):
+                yield self._result(j, by_id[j.job_id])
+            return
+        pending, active = list(runs), []  # local processes: at most `parallel` at a time
+        while pending or active:
+            while pending and len(active) < self.parallel:
+                run = pending.pop(0)
+                active.append((self._submit(job, run), run))
+            finished = [(j, r) for j, r in active if j.done()]
+            if not finished:
+                time.sleep(0.5)
+                continue
+            active = [pair for pair in active if pair not in finished]
+            for submitted, run in finished:
+                yield self._result(submitted, run)
+
+
+def make_executor(cfg, store_root: Path) -> Local | Pool | Submitit:
+    threads = cfg.threads or os.cpu_count() or 1
+    if cfg.executor == "local":
+        return Local(store_root, threads)
+    if cfg.executor == "pool":
+        return Pool(store_root, threads, cfg.workers, visible_gpus() if cfg.device != "cpu" else 0)
+    if cfg.executor in ("slurm", "submitit-local"):
+        try:
+            return Submitit(store_root, threads, "slurm" if cfg.executor == "slurm" else "local",
+                            dict(cfg.slurm), cfg.workers)
+        except (ImportError, RuntimeError) as exc:
+            raise ValueError(f"--executor {cfg.executor}: {exc} (submitit is installed with "
+                             "`pip install -e .[slurm]`; `--executor submitit-local` runs the same jobs "
+                             "as local processes)") from exc
+    raise ValueError(f"--executor {cfg.executor!r} not in {EXECUTORS}")
