@@ -75,10 +75,6 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset) -
         base = {"schema_version": SCHEMA_VERSION, "kind": "train", "model": model.key,
                 "family": model.family, "checkpoint": checkpoint, "dataset": dataset.name,
                 "dataset_sha256": dataset.sha256}
-        if cfg.perf_structures:
-            n = min(cfg.perf_structures, len(dataset.test))
-            spec = {**base, "kind": "perf", "n_structures": n}
-            runs.append(PlannedRun(run_id(spec), spec, model, None, (), ()))
         for strategy in strategies:
             if strategy.freeze_k is None:
                 spec = {**base, "strategy": strategy.name, "freeze_k": None, "e0_policy": "foundation",
@@ -96,6 +92,10 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset) -
                             "n_val": len(split.val), "train_config": cfg.train_config()}
                     runs.append(PlannedRun(run_id(spec), spec, model, strategy,
                                            split.train(n), split.val))
+        if cfg.perf_structures:  # last: by then the background environment builds are done
+            n = min(cfg.perf_structures, len(dataset.test))
+            spec = {**base, "kind": "perf", "n_structures": n}
+            runs.append(PlannedRun(run_id(spec), spec, model, None, (), ()))
     return runs
 
 
