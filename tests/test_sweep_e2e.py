@@ -172,3 +172,22 @@ def test_extxyz_dataset_without_stress_runs_end_to_end(tmp_path):
         assert rec["spec"]["dataset"] == "cu_emt" and rec["metrics"]["stress_rmse_gpa"] is None
         assert set(rec["metrics"]["per_group"]) <= {"even", "odd"}
     assert recs["chgnet/freeze-interactions"]["timing"]["test_predict_s"] > 0
+
+
+def test_elements_a_foundation_does_not_cover_skip_that_family_with_the_list(tmp_path):
+    from ase.io import write
+
+    from tests.conftest import emt_frames
+
+    frames = emt_frames(8)
+    for atoms in frames[::2]:  # radon: in no materials foundation model's training set
+        atoms.symbols[0] = "Rn"
+    path = tmp_path / "with_rn.xyz"
+    write(path, frames, format="extxyz")
+    out = tmp_path / "res"
+    bench("run", *TINY, "--models", "m3gnet", "--dataset", str(path), "--strategies", "zero-shot,finetune",
+          "--pool-size", "0", "--val-size", "1", "--out", str(out))
+    recs = records(out)
+    assert {k: r["status"] for k, r in recs.items()} == {"m3gnet/zero-shot": "skipped", "m3gnet/finetune": "skipped"}
+    assert "does not cover: Rn" in recs["m3gnet/zero-shot"]["reason"]
+    assert "does not cover: Rn" in (out / "report.md").read_text()
