@@ -1,11 +1,13 @@
-"""Command line: ``python -m bench {run,list,report}``.
+"""Command line: ``python -m bench {run,list,report,compare}``.
 
 Examples:
-    python -m bench run --models all                      # embedded default (quick, CPU)
+    python -m bench run --models all                      # embedded default (preset quick, CPU)
+    python -m bench run --preset paper --executor pool --workers 4
     python -m bench run --models chgnet --sizes 10,50,100 --seeds 0,1 --epochs 20
     python -m bench run --models chgnet --strategies zero-shot,freeze-3 --dataset data.xyz
     python -m bench list models
-    python -m bench report reports/default
+    python -m bench report reports/quick
+    python -m bench compare reports/baselines/regression reports/regression
 """
 
 from __future__ import annotations

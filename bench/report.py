@@ -1,6 +1,6 @@
 """Markdown and single-file HTML reports built only from stored records.
 
-    python -m bench report reports/default     # writes report.md and report.html there
+    python -m bench report reports/quick       # writes report.md and report.html there
 
 Runs that differ only in seed are aggregated (mean ± std). The headline numbers come from
 ``bench.headline`` and the plots from ``bench.figures``. Failed, skipped and diverged runs

@@ -1,14 +1,16 @@
 """Plan a sweep into run specs and execute each in its family's environment.
 
-Planning loads the dataset (light: numpy + ASE), fixes the split, and expands models ×
-strategies × sizes × seeds into specs whose hash names the record. Execution skips runs
-already ``ok`` (resume), writes ``skipped`` records for families without an adapter or
-checkpoint, and runs every other spec as a worker subprocess; a crash, kill or timeout of
-the worker becomes a ``failed`` record with the tail of its log, and the sweep goes on.
+Planning loads the datasets (light: numpy + ASE), fixes the splits, and expands models ×
+strategies × sizes × seeds (+ one timing job per model) into specs whose hash names the
+record. Execution skips runs already ``ok`` (resume) and hands the rest to the executor
+(``bench.executors``); each run is claimed, runs in a worker forked from its family's fork
+server, and stores its record: a crash, kill or timeout becomes a ``failed`` record with
+the tail of its log, a missing checkpoint or uncovered element a ``skipped`` one, and the
+sweep goes on.
 
 Example:
-    >>> plan = make_plan(SweepConfig(models="chgnet"))
-    >>> execute(plan, Store(Path("reports/default")).prepare())
+    >>> plan = make_plan(SweepConfig.from_preset("quick", models="chgnet"))
+    >>> execute(plan, Store(Path("reports/quick")).prepare())
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def _record(spec: dict, metrics: dict, timing: dict) -> dict:
             "environment": {"device": "cpu", "threads": 2, "cpu": "Intel(R) Xeon(R) Processor"}}
 
 
-# Two records of the default run in reports/default (per_group and curve left out).
+# Two records of an earlier default run (per_group and curve left out).
 M3GNET_SCRATCH = _record(
     {"model": "m3gnet", "family": "m3gnet", "checkpoint": "M3GNet-MatPES-PBE-v2025.1-PES", "strategy": "scratch",
      "freeze_k": 0, "e0_policy": "refit", "train_size": 15, "train_fraction": 0.0815, "seed": 0, "train_config": TRAIN},
