@@ -203,11 +203,15 @@ def run_file(job_path: Path) -> int:
     return code
 
 
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _child(job_path: Path) -> None:
     """In the forked child: own log, die with the server, run the job, never return."""
     code = 1
     try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        _die_with_parent()
         job = json.loads(job_path.read_text())
         fd = os.open(job["log_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -221,6 +225,9 @@ def _child(job_path: Path) -> None:
 
 def serve(adapter: str) -> int:
     """Import once, then fork a child per job path read from stdin."""
+    _die_with_parent()  # with the orchestrator; if it is already gone, leave at once
+    if os.environ.get("BENCH_PARENT_PID") not in (None, str(os.getppid())):
+        return 1
     answer = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol channel
     os.dup2(2, 1)  # what libraries print goes to the server's log, not into the protocol
     import torch  # noqa: F401, PLC0415

@@ -5,7 +5,8 @@ The server (``adapters.worker --serve``) imports torch and the family's library 
 forks a child per job, so a sweep pays the imports once per family instead of once per
 run, while every run still gets its own process. The server and its children form one
 process group: a timeout kills the group (the next job starts a fresh server), and they
-all die with the orchestrator (PR_SET_PDEATHSIG), so no orphan keeps training.
+all die with the orchestrator (the server sets PR_SET_PDEATHSIG itself, see
+``adapters.worker.serve``), so no orphan keeps training.
 
 Example:
     >>> server = ForkServer(python, "adapters.chgnet_adapter:CHGNetAdapter", log_path, env)
@@ -14,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -25,12 +25,6 @@ from pathlib import Path
 
 from bench import PROJECT_ROOT, envs
 from bench.registry import ModelInfo
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    os.setsid()
 
 
 def describe_exit(code: int) -> str:
@@ -57,7 +51,7 @@ class ForkServer:
             self.proc = subprocess.Popen(
                 [str(python), "-m", "adapters.worker", "--serve", adapter], cwd=PROJECT_ROOT, env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
-                preexec_fn=_die_with_parent)
+                start_new_session=True)  # no preexec_fn: pool slots start servers from threads
 
     @property
     def alive(self) -> bool:
@@ -128,7 +122,7 @@ class WorkerSlot:
         server = self.servers.get(model.env)
         if server is None or not server.alive:
             env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(self.threads),
-                   "PYTHONUNBUFFERED": "1", **self.env}
+                   "PYTHONUNBUFFERED": "1", "BENCH_PARENT_PID": str(os.getpid()), **self.env}
             log = self.store_root / "logs" / f"server-{model.env}-{os.getpid()}-{id(self)}.log"
             server = ForkServer(python, model.adapter, log, env)
             self.servers[model.env] = server
