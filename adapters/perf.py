@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bench.metrics import EV_PER_A3_TO_GPA
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -97,5 +99,5 @@ def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: 
         "repeats": repeats,
     }
     if stress:
-        result["max_stress_diff_gpa"] = 160.21766208 * float(np.max(np.abs(pred.stress - ref["stress"])))
+        result["max_stress_diff_gpa"] = EV_PER_A3_TO_GPA * float(np.max(np.abs(pred.stress - ref["stress"])))
     return result

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from bench.config import DEFAULT_STRATEGIES, E0_POLICIES, PRESET_DIR, SweepConfig, load_preset, preset_names
+from bench.executors import EXECUTORS
 from bench.registry import MODELS, STRATEGY_HELP, UnknownName
 from bench.store import StoreError
 from datasets.errors import DatasetError
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="hold out whole groups until at least this many validation frames (0: --val-fraction)")
     run.add_argument("--perf-structures", type=int, dest="perf_structures",
                      help="structures for each model's timing job (batched predict vs ASE calculator); 0: none")
-    run.add_argument("--executor", choices=["local", "pool", "slurm", "submitit-local"],
+    run.add_argument("--executor", choices=EXECUTORS,
                      help="local (sequential, default), pool (--workers N on this machine), slurm "
                      "(submitit job array) or submitit-local (the same jobs as local processes)")
     run.add_argument("--workers", type=int, help="parallel workers of pool / submitit-local (default 2)")

@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from bench.executors import EXECUTORS
 from bench.registry import UnknownName, did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -89,8 +90,8 @@ class SweepConfig:
             raise ValueError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.epochs < 1:
             raise ValueError(f"--epochs {self.epochs}: training needs at least 1 epoch")
-        if self.executor not in ("local", "pool", "slurm", "submitit-local"):
-            raise ValueError(f"--executor {self.executor!r}: use local, pool, slurm or submitit-local")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"--executor {self.executor!r}: use {', '.join(EXECUTORS)}")
         if self.workers < 1:
             raise ValueError(f"--workers {self.workers} must be >= 1")
         if self.e0_policy not in E0_POLICIES:

@@ -20,7 +20,6 @@ import fcntl
 import functools
 import json
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from bench.provenance import now, provenance
 from bench.registry import ModelInfo, Strategy, resolve_models, resolve_strategy
 from bench.store import SCHEMA_VERSION, Store, atomic_write_json, run_id
 from bench.targets import SWEEP_LOG
-from bench.workers import ForkServer, WorkerLost, WorkerSlot, WorkerTimeout, describe_exit
+from bench.workers import ForkServer, WorkerLost, WorkerSlot, WorkerTimeout, describe_exit, log_to_stderr
 from datasets import Dataset, load_dataset
 from datasets.splits import plan_split, resolve_size
 
@@ -303,7 +302,7 @@ def _prepare_environments(models: list[ModelInfo]) -> None:
     def build() -> None:
         for env in order:
             try:
-                envs.ensure(by_env[env], log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                envs.ensure(by_env[env], log=log_to_stderr)
             except envs.EnvironmentBuildError:
                 continue
 

@@ -94,7 +94,7 @@ class ForkServer:
                 self.kill()
 
 
-def _log(msg: str) -> None:
+def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -112,7 +112,7 @@ class WorkerSlot:
         if model.env not in self.pythons:
             t0 = time.perf_counter()
             try:
-                self.pythons[model.env] = envs.ensure(model, log=_log)
+                self.pythons[model.env] = envs.ensure(model, log=log_to_stderr)
             except envs.EnvironmentBuildError as exc:
                 self.pythons[model.env] = exc
             self.env_setup_s += time.perf_counter() - t0
