@@ -125,12 +125,20 @@ class Adapter(abc.ABC):
     def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
         return self.forward_batch(self.collate(graphs), stress=stress)
 
-    def load(self, *, scratch: bool = False) -> Self:
+    def _build_student(self, architecture: dict, numbers: list[int]) -> torch.nn.Module:
+        """A small from-scratch model of this family for ``numbers`` (distillation student)."""
+        raise NotImplementedError(f"{self.family} has no student architecture; distil into m3gnet")
+
+    def load(self, *, scratch: bool = False, student: dict | None = None,
+             numbers: Sequence[int] = ()) -> Self:
+        """The foundation, its architecture with random weights (``scratch``), or a small
+        ``student`` architecture (hyperparameters of the family) for the elements ``numbers``."""
         import torch  # noqa: PLC0415
 
         torch.manual_seed(self.seed)
-        self.scratch_ = scratch
-        self.model_ = self._build(scratch=scratch).to(self.device)
+        self.scratch_ = scratch or student is not None
+        model = self._build_student(student, sorted(numbers)) if student is not None else self._build(scratch=scratch)
+        self.model_ = model.to(self.device)
         self.model_.train(False)
         self.frozen_k_ = 0
         return self
@@ -217,6 +225,23 @@ class Adapter(abc.ABC):
             stress=voigt,
             n_atoms=np.array([len(a) for a in frames]),
         )
+
+    def label(self, frames: Sequence[Atoms], *, stress: bool) -> list[Atoms]:
+        """Copies of ``frames`` carrying this model's predictions as their labels (a
+        foundation's replay labels, a teacher's distillation labels)."""
+        from ase.calculators.singlepoint import SinglePointCalculator  # noqa: PLC0415
+
+        pred = self.predict(frames, stress=stress)
+        bounds = np.concatenate([[0], np.cumsum(pred.n_atoms)])
+        labelled = []
+        for i, atoms in enumerate(frames):
+            copy = atoms.copy()
+            results = {"energy": float(pred.energy[i]), "forces": pred.forces[bounds[i]:bounds[i + 1]]}
+            if stress:
+                results["stress"] = pred.stress[i]
+            copy.calc = SinglePointCalculator(copy, **results)
+            labelled.append(copy)
+        return labelled
 
     def save(self, path: Path) -> Path:
         import torch  # noqa: PLC0415

@@ -45,6 +45,17 @@ def _weights_dirs() -> list[Path]:
     return dirs
 
 
+def _fresh(potential, model_args: dict, element_refs: torch.Tensor):
+    """A new Potential around a randomly initialised M3GNet, with the foundation's scaling."""
+    from matgl.apps.pes import Potential  # noqa: PLC0415
+
+    model = type(potential.model)(**model_args)
+    options = {k: v for k, v in potential._init_args.items()
+               if k not in ("model", "data_mean", "data_std", "element_refs")}
+    return Potential(model, data_mean=potential.data_mean.clone(), data_std=potential.data_std.clone(),
+                     element_refs=element_refs, **options)
+
+
 class M3GNetAdapter(Adapter):
     family = "m3gnet"
     default_checkpoint = "M3GNet-MatPES-PBE-v2025.1-PES"
@@ -84,22 +95,34 @@ class M3GNetAdapter(Adapter):
             f"M3GNet checkpoint {self.checkpoint!r} is {where}, and {hub}; {how}")
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
-        from matgl.apps.pes import Potential  # noqa: PLC0415
         from matgl.layers import AtomRef  # noqa: PLC0415
 
         potential = self._load_potential()
         if potential.element_refs is None:  # references live here; give them a buffer
             potential.element_refs = AtomRef(torch.zeros(len(potential.model.element_types)))
         if scratch:  # same hyperparameters and element types, fresh weights, same buffers
-            model = type(potential.model)(**potential.model._init_args)
-            options = {k: v for k, v in potential._init_args.items()
-                       if k not in ("model", "data_mean", "data_std", "element_refs")}
-            potential = Potential(model, data_mean=potential.data_mean.clone(),
-                                  data_std=potential.data_std.clone(),
-                                  element_refs=potential.element_refs.property_offset.clone(),
-                                  **options)
+            potential = _fresh(potential, potential.model._init_args,
+                               potential.element_refs.property_offset.clone())
         potential.calc_forces = True
         return potential
+
+    def _build_student(self, architecture: dict, numbers: list[int]) -> torch.nn.Module:
+        """The foundation's M3GNet hyperparameters overridden by ``architecture`` (e.g. units,
+        nblocks, threebody_cutoff), for the given elements only; E0 zero (refit it)."""
+        import inspect  # noqa: PLC0415
+
+        from ase.data import chemical_symbols  # noqa: PLC0415
+
+        potential = self._load_potential()
+        known = set(inspect.signature(type(potential.model).__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(architecture) - known)
+        if unknown:
+            raise ValueError(f"student architecture: unknown M3GNet setting(s) {unknown}; known: {sorted(known)}")
+        args = {**potential.model._init_args, **architecture,
+                "element_types": tuple(chemical_symbols[z] for z in numbers)}
+        student = _fresh(potential, args, torch.zeros(len(numbers)))
+        student.calc_forces = True
+        return student
 
     def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
         layout = [("embedding", "embedding",

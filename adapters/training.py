@@ -1,7 +1,8 @@
 """The one training loop every family uses, so comparisons differ only in the model.
 
 Loss = w_E·MSE(energy per atom, eV) + w_F·MSE(forces, eV/Å) + w_S·MSE(stress, GPa), AdamW
-over the trainable parameters only, cosine LR decay to ``lr_min_factor``·lr, early stopping
+over the trainable parameters only (``lr_factors`` scales the LR per block kind: a soft
+freeze), cosine LR decay to ``lr_min_factor``·lr, early stopping
 on the validation loss (best weights restored), max epochs and max wall time, float32,
 seeded. Graphs are built once before the first epoch and reused.
 
@@ -52,6 +53,7 @@ class TrainConfig:
     patience: int = 5
     max_time_s: float = 1800.0
     explode_factor: float = 1e4
+    lr_factors: dict | None = None  # block kind -> LR factor (0 freezes), as mace --lr_params_factors
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -164,6 +166,24 @@ def refit_reference_energies(adapter: Adapter, frames: Sequence[Atoms]) -> dict[
     return new
 
 
+def _param_groups(adapter: Adapter, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters as optimizer groups: one group, or one per LR factor of the
+    parameters' block kinds; a factor 0 freezes (as mace-torch does)."""
+    params = [(name, p) for name, p in adapter.model_.named_parameters() if p.requires_grad]
+    if not cfg.lr_factors:
+        return [{"params": [p for _, p in params]}] if params else []
+    kinds = [(prefixes, kind) for _, kind, prefixes in adapter.block_layout()]
+    by_factor: dict[float, list] = {}
+    for name, p in params:
+        kind = next((k for prefixes, k in kinds if name.startswith(prefixes)), "readout")
+        factor = float(cfg.lr_factors.get(kind, 1.0))
+        if factor == 0:
+            p.requires_grad_(False)
+        else:
+            by_factor.setdefault(factor, []).append(p)
+    return [{"params": ps, "lr": cfg.lr * f} for f, ps in sorted(by_factor.items())]
+
+
 def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[Atoms],
           cfg: TrainConfig, *, on_epoch: Callable[[dict], None] | None = None) -> History:
     """Train ``adapter.model_`` in place; returns the history. Raises Diverged."""
@@ -177,12 +197,13 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
     val_data = _targets(adapter, val_frames, with_stress)
     hist.featurize_s = time.perf_counter() - t0
 
-    params = [p for p in adapter.model_.parameters() if p.requires_grad]
-    if not params:
+    groups = _param_groups(adapter, cfg)
+    if not groups:
         raise ValueError("no trainable parameters: every block is frozen")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs,
-                                                        eta_min=cfg.lr * cfg.lr_min_factor)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    m = cfg.lr_min_factor  # cosine from each group's LR down to m times it
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: m + (1 - m) * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)) / 2)
     best_loss, best_state, since_best = math.inf, None, 0
     initial = _evaluate(adapter, val_data, cfg, with_stress)  # epoch 0: the starting model
     hist.epochs.append({"epoch": 0, "train_loss": None, **initial, "lr": cfg.lr,
@@ -213,7 +234,7 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
         if not math.isfinite(val["val_loss"]) or val["val_loss"] > cfg.explode_factor * initial["val_loss"]:
             raise Diverged(epoch, val["val_loss"])
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), **val,
-               "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - t_start,
+               "lr": max(g["lr"] for g in opt.param_groups), "elapsed_s": time.perf_counter() - t_start,
                "epoch_s": time.perf_counter() - t_epoch, "data_s": data_s}
         hist.epochs.append(row)
         if on_epoch:

@@ -59,8 +59,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="hold out whole groups until at least this many validation frames (0: --val-fraction)")
     run.add_argument("--perf-structures", type=int, dest="perf_structures",
                      help="structures for each model's timing job (batched predict vs ASE calculator); 0: none")
+    run.add_argument("--properties", choices=("all", "largest", "none"),
+                     help="catalog property benchmarks after all runs, zero-shot + each strategy's largest size, or none")
+    run.add_argument("--lora-rank", type=int, dest="lora_rank", help="LoRA rank (strategy lora; default 8)")
+    run.add_argument("--lora-alpha", type=float, dest="lora_alpha", help="LoRA alpha (default 16)")
+    run.add_argument("--replay-dataset", dest="replay_dataset",
+                     help="another domain: forgetting is measured on its test set, strategy replay mixes in its pool")
+    run.add_argument("--replay-fraction", type=float, dest="replay_fraction",
+                     help="replay structures per training structure (default 0.5)")
     run.add_argument("--executor", choices=EXECUTORS,
-                     help="local (sequential, default), pool (--workers N on this machine), slurm "
+                     help="local (sequential), pool (--workers N on this machine; quick's default), slurm "
                      "(submitit job array) or submitit-local (the same jobs as local processes)")
     run.add_argument("--workers", type=int, help="parallel workers of pool / submitit-local (default 2)")
     run.add_argument("--slurm-partition", dest="slurm_partition")

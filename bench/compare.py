@@ -1,7 +1,8 @@
 """Compare two results directories run by run: the regression gate for CI.
 
 Runs are matched by ``run_id`` (the hash of the spec, seed included), so every check is
-one run against the same run, never a mean over seeds. Accuracy metrics (lower is better)
+one run against the same run, never a mean over seeds. Every record kind is compared the
+same way: a surrogate job's metrics are its student's, a timing job has timings only. Accuracy metrics (lower is better)
 regress when ``candidate > baseline * (1 + rel) + abs``; timings are divided by each
 record's ``timing.reference_workload_s`` (a fixed torch workload timed by the worker just
 before training) so that a slower or busier machine is not a regression, and regress when
@@ -137,7 +138,12 @@ def parse_tolerances(items: list[str] | None) -> dict[str, float]:
 
 
 def label(spec: dict, rid: str) -> str:
-    return f"{spec.get('model')}/{spec.get('strategy')}/n{spec.get('train_size')}/s{spec.get('seed')} {rid[:8]}"
+    """``model/strategy/n<size>/s<seed> <run_id>``; a surrogate job names its teacher, a timing job its size."""
+    kind = spec.get("kind", "train")
+    if kind == "perf":
+        return f"{spec.get('model')}/timing-job/{spec.get('n_structures')} structures {rid[:8]}"
+    what = f"surrogate-of-{spec.get('teacher_strategy')}" if kind == "surrogate" else spec.get("strategy")
+    return f"{spec.get('model')}/{what}/n{spec.get('train_size')}/s{spec.get('seed')} {rid[:8]}"
 
 
 def _finite(x) -> bool:

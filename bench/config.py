@@ -13,16 +13,27 @@ Example:
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from bench.executors import EXECUTORS
-from bench.registry import UnknownName, did_you_mean
+from bench.registry import STRATEGY_HELP, UnknownName, did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 DEFAULT_STRATEGIES = ("zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions")
+DEFAULT_LR_FACTORS = {"embedding": 0.01, "interaction": 0.1, "readout": 1.0}
+SURROGATE_DEFAULTS = {
+    "model": "m3gnet",  # teacher family; the student is a small from-scratch model of it
+    "teacher_strategy": "freeze-interactions",
+    "rattle_copies": 2, "rattle_stdev_ang": 0.04, "rattle_strain": 0.01,
+    "md_structures": 4, "md_steps": 20, "md_every": 5, "md_temperature_k": 600.0,
+    "student": {"units": 32, "nblocks": 2, "dim_node_embedding": 32, "dim_edge_embedding": 32,
+                "threebody_cutoff": 3.5},
+    "student_epochs": 30, "student_lr": 3e-3, "speed_structures": 8,
+}
 E0_POLICIES = {
     "refit": "least-squares per-element correction of the model's E0 on the training subset, then frozen",
     "foundation": "keep the starting model's E0 unchanged and frozen",
@@ -37,6 +48,8 @@ class SweepConfig:
     dataset: str = "mlearn-Mo"  # one name/path, or a comma list
     sizes: tuple[float, ...] = (5, 15)
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    sizes_by_strategy: dict = field(default_factory=dict)  # strategy -> its own sizes (others: `sizes`)
+    seeds_by_strategy: dict = field(default_factory=dict)  # strategy -> N: only the first N of `seeds`
     seeds: tuple[int, ...] = (0,)
     epochs: int = 4
     batch_size: int = 4
@@ -52,6 +65,14 @@ class SweepConfig:
     run_timeout_s: float = 3600.0
     max_train_time_s: float = 1800.0
     perf_structures: int = 0  # per-model timing job on this many test structures (0: none)
+    properties: str = "all"  # catalog property benchmarks after: all runs | largest (size per strategy) | none
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lr_factors: dict = field(default_factory=lambda: dict(DEFAULT_LR_FACTORS))  # soft-freeze, by block kind
+    replay_dataset: str = ""  # another domain: forgetting is measured on it, `replay` mixes it in
+    replay_fraction: float = 0.5  # replay structures per training structure (rounded up)
+    forgetting_size: int = 6  # held-out structures of replay_dataset the forgetting is measured on
+    surrogate: dict = field(default_factory=dict)  # teacher -> student distillation job (see SURROGATE_DEFAULTS)
     headline: dict = field(default_factory=dict)  # tolerances for bench.headline
     executor: str = "local"  # local | pool | slurm | submitit-local (bench/executors.py)
     workers: int = 2  # parallel worker slots of the pool (and of submitit-local)
@@ -70,15 +91,22 @@ class SweepConfig:
                              f"{did_you_mean(unknown[0], names)}")
         if isinstance(sweep.get("dataset"), list):
             sweep["dataset"] = ",".join(sweep["dataset"])
-        if "sizes" in sweep:
-            from datasets.splits import parse_size  # noqa: PLC0415
+        from datasets.splits import parse_size  # noqa: PLC0415
 
+        if "sizes" in sweep:
             sweep["sizes"] = tuple(parse_size(str(x)) for x in sweep["sizes"])
+        if "sizes_by_strategy" in sweep:
+            sweep["sizes_by_strategy"] = {k: tuple(parse_size(str(x)) for x in v)
+                                          for k, v in sweep["sizes_by_strategy"].items()}
         for key in ("strategies", "seeds"):
             if key in sweep:
                 sweep[key] = tuple(sweep[key])
         sweep.setdefault("out", f"reports/{Path(preset).stem}")
         slurm = {**sweep.pop("slurm", {}), **(given.pop("slurm", None) or {})}
+        if "surrogate" in data or "surrogate" in sweep:
+            sweep["surrogate"] = _surrogate_settings(data.get("surrogate") or sweep["surrogate"], preset)
+        if "lr_factors" in sweep:
+            sweep["lr_factors"] = {**DEFAULT_LR_FACTORS, **sweep["lr_factors"]}
         return cls(preset=preset, headline=data.get("headline", {}), slurm=slurm, **sweep).override(**given)
 
     @property
@@ -100,6 +128,24 @@ class SweepConfig:
             raise ValueError("--seeds: at least one seed is needed")
         if not self.sizes and any(s != "zero-shot" for s in self.strategies):
             raise ValueError("--sizes: at least one training size is needed")
+        for name, table in (("sizes_by_strategy", self.sizes_by_strategy), ("seeds_by_strategy", self.seeds_by_strategy)):
+            stray = sorted(k for k in table if k not in STRATEGY_HELP and not re.fullmatch(r"freeze-\d+", k))
+            if stray:  # entries for strategies not run (e.g. after --strategies) are simply unused
+                raise ValueError(f"{name} names unknown strategies {stray}.{did_you_mean(stray[0], STRATEGY_HELP)}")
+        for name, n in self.seeds_by_strategy.items():
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"seeds_by_strategy {name} = {n!r}: the number of seeds (the first N of seeds), >= 1")
+        if "replay" in self.strategies and not self.replay_dataset:
+            raise ValueError("strategy replay needs replay_dataset (structures of another domain)")
+        if self.properties not in ("all", "largest", "none"):
+            raise ValueError(f"properties={self.properties!r}: use all, largest or none")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}: need rank >= 1, alpha > 0")
+        if not 0 < self.replay_fraction <= 10:
+            raise ValueError(f"replay_fraction={self.replay_fraction} must be in (0, 10]")
+        unknown = sorted(set(self.lr_factors) - {"embedding", "interaction", "readout"})
+        if unknown or any(not 0 <= float(v) <= 10 for v in self.lr_factors.values()):
+            raise ValueError(f"lr_factors {self.lr_factors}: keys embedding/interaction/readout, values in [0, 10]")
 
     def checkpoint_for(self, model: str, n_models: int) -> str | None:
         """``--checkpoint PATH`` (one model) or ``--checkpoint mace=PATH,chgnet=0.2.0``."""
@@ -122,6 +168,15 @@ class SweepConfig:
         """Replace only the settings that were actually given (None means not given)."""
         names = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in given.items() if v is not None and k in names})
+
+
+def _surrogate_settings(given: dict, preset: str) -> dict:
+    """A preset's [surrogate] table over the defaults; unknown keys are refused."""
+    unknown = sorted(set(given) - set(SURROGATE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"preset {preset}: unknown [surrogate] setting(s) {unknown}."
+                         f"{did_you_mean(unknown[0], SURROGATE_DEFAULTS)}")
+    return {**SURROGATE_DEFAULTS, **given}
 
 
 def preset_names() -> list[str]:

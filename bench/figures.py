@@ -13,6 +13,7 @@ from bench.headline import ENERGY, FORCES, Point, Reference
 from bench.metrics import METRICS
 
 PANELS = (ENERGY, FORCES)
+MARKERS = "osD^v<>ph*"  # with the 10 default colours: any number of strategies stays distinguishable
 
 
 def _png(fig: Figure) -> bytes:
@@ -38,7 +39,12 @@ def _size_ticks(ax, points: list[Point]) -> None:
 def _series(ax, points: list[Point], metric: str, **style) -> None:
     pts = [p for p in points if p.size and p.stat(metric)]
     ax.errorbar([p.size for p in pts], [p.stat(metric).mean for p in pts],
-                yerr=[p.stat(metric).std for p in pts], marker="o", capsize=3, **style)
+                yerr=[p.stat(metric).std for p in pts], capsize=3, **{"marker": "o", **style})
+
+
+def _style(i: int) -> dict:
+    """Colour, marker and (past ten lines) dash of the i-th line: no fixed strategy list."""
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "linestyle": "-" if i < 10 else "--"}
 
 
 def learning_curves(series: dict[str, list[Point]], reference: Reference | None, title: str,
@@ -51,8 +57,8 @@ def learning_curves(series: dict[str, list[Point]], reference: Reference | None,
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, PANELS, strict=True):
-        for name, pts in trained.items():
-            _series(ax, pts, metric, label=name)
+        for i, (name, pts) in enumerate(trained.items()):
+            _series(ax, pts, metric, label=name, **_style(i))
         for name, pts in series.items():
             if name not in trained and pts[0].stat(metric):
                 ax.axhline(pts[0].stat(metric).mean, color="k", linestyle="--", label=name)
@@ -75,8 +81,9 @@ def cross_family(best: dict[str, tuple[list[Point], Point | None]], title: str) 
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, PANELS, strict=True):
         for i, (label, (points, zero)) in enumerate(best.items()):
-            colour = f"C{i}"
-            _series(ax, points, metric, label=label, color=colour)
+            style = _style(i)
+            colour = style["color"]
+            _series(ax, points, metric, label=label, **style)
             if zero and zero.stat(metric):
                 ax.axhline(zero.stat(metric).mean, color=colour, linestyle="--", alpha=0.7)
         _size_ticks(ax, [p for pts, _ in best.values() for p in pts])

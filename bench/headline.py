@@ -34,7 +34,11 @@ import numpy as np
 
 CHEMICAL_ACCURACY_MEV = 43.36  # 1 kcal/mol in meV
 FORCES, ENERGY = "forces_rmse_mev_per_ang", "energy_rmse_mev_per_atom"
-STRATEGY_ORDER = ["zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions", "readout-only"]
+STRATEGY_ORDER = ["zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions", "readout-only",
+                  "lora", "soft-freeze", "replay"]
+# Spec fields of the strategies that have settings of their own (LoRA rank, per-block LR
+# factors, replay set): runs that differ in them are different curves.
+STRATEGY_FIELDS = ("lora", "lr_factors", "replay")
 
 
 def strategy_rank(name: str) -> tuple:
@@ -47,7 +51,7 @@ class CurveKey(NamedTuple):
     model: str
     checkpoint: str
     strategy: str
-    setting: str  # e0 policy + training settings; "" for zero-shot
+    setting: str  # e0 policy + training settings (+ STRATEGY_FIELDS where set); "" for zero-shot
 
     @property
     def model_key(self) -> tuple[str, str, str]:
@@ -59,8 +63,9 @@ def model_key(spec: dict) -> tuple[str, str, str]:
 
 
 def curve_key(spec: dict) -> CurveKey:
+    extra = {k: spec[k] for k in STRATEGY_FIELDS if spec.get(k) is not None}
     setting = "" if spec["strategy"] == "zero-shot" else json.dumps(
-        [spec.get("e0_policy"), spec.get("train_config")], sort_keys=True)
+        [spec.get("e0_policy"), spec.get("train_config"), *([extra] if extra else [])], sort_keys=True)
     return CurveKey(spec["dataset"], spec.get("family", spec["model"]), spec["model"],
                     spec["checkpoint"], spec["strategy"], setting)
 
@@ -107,7 +112,8 @@ class Point:
 
 
 def curves(records: list[dict]) -> dict[CurveKey, list[Point]]:
-    """``ok`` records grouped into curves of seed-aggregated points, sorted by size."""
+    """``ok`` training records (spec kind ``train``: not timing or surrogate jobs) grouped into
+    curves of seed-aggregated points, sorted by size."""
     by: dict[CurveKey, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r["status"] == "ok" and r.get("metrics") and r["spec"].get("kind", "train") == "train":
@@ -246,7 +252,7 @@ def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[f
     refs = references(all_curves)
     inference: dict[tuple, dict[bool, list]] = defaultdict(lambda: defaultdict(list))
     for r in records:  # a model's timing job ("kind": "perf") wins over speeds measured in runs
-        if r["status"] == "ok":
+        if r["status"] == "ok" and r["spec"].get("kind", "train") in ("train", "perf"):  # not a surrogate's student
             speed = (r.get("timing") or {}).get("inference_atoms_per_s")
             inference[model_key(r["spec"])][r["spec"].get("kind") == "perf"].append(speed)
     rows = []
@@ -264,8 +270,8 @@ def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[f
             times = [time_to_val_forces(r, target) for r in row.largest.records]
             row.time_to_target = TimeToTarget(target, Stat.of(times), sum(t is not None for t in times),
                                               len(times))
-        finetune = next((p for p in all_curves.get(key._replace(strategy="finetune"), [])
-                         if p.size == row.largest.size), None)
+        ft_key = key._replace(strategy="finetune", setting=plain_setting(key.setting))
+        finetune = next((p for p in all_curves.get(ft_key, []) if p.size == row.largest.size), None)
         step = row.largest.timing("step_s_per_structure")
         ft_step = finetune.timing("step_s_per_structure") if finetune else None
         if step and ft_step:
@@ -282,23 +288,53 @@ def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[f
 
 
 def strategy_labels(keys) -> dict[CurveKey, str]:
-    """Strategy names, plus the settings that differ where one model ran under several."""
-    variants: dict[tuple, set[str]] = defaultdict(set)
+    """Strategy names, plus the settings that differ where one model ran under several.
+
+    A setting only some strategies have (a soft freeze's LR factors, LoRA's rank) is shown
+    only where it takes more than one value; every label of a model is unique.
+    """
+    keys = list(keys)
+    flats: dict[tuple, list[dict]] = defaultdict(list)
     for k in keys:
         if k.setting:
-            variants[k.model_key].add(k.setting)
-    labels = {}
+            flats[k.model_key].append(_flat(k.setting))
+
+    def label(k: CurveKey, strict: bool) -> str:
+        if not k.setting or len(flats[k.model_key]) < 2:
+            return k.strategy
+        mine, others = _flat(k.setting), flats[k.model_key]
+        names = sorted(set(mine) | ({n for f in others for n in f} if strict else set()))
+        diff = [f"{n}={mine.get(n)}" for n in names
+                if len({json.dumps(f.get(n)) for f in others if strict or n in f}) > 1]
+        return f"{k.strategy} [{', '.join(diff)}]" if diff else k.strategy
+
+    labels = {k: label(k, strict=False) for k in keys}
+    seen: dict[tuple, list[CurveKey]] = defaultdict(list)
     for k in keys:
-        labels[k] = k.strategy
-        flats = [_flat(v) for v in variants.get(k.model_key, ())]
-        if k.setting and len(flats) > 1:
-            mine = _flat(k.setting)
-            diff = [f"{n}={mine.get(n)}" for n in sorted(mine)
-                    if len({json.dumps(f.get(n)) for f in flats}) > 1]
-            labels[k] += f" [{', '.join(diff)}]"
+        seen[(k.model_key, labels[k])].append(k)
+    for same in seen.values():
+        if len(same) > 1:  # told apart only by a setting some lack: every difference, absent ones too
+            for k in same:
+                labels[k] = label(k, strict=True)
     return labels
 
 
 def _flat(setting: str) -> dict:
-    e0, cfg = json.loads(setting)
-    return {"e0": e0, **(cfg or {})}
+    """A curve's setting as one flat dict (nested dicts as ``outer.inner``; hashes left out)."""
+    e0, cfg, *extra = json.loads(setting)
+    out = {"e0": e0}
+    for name, value in [*(cfg or {}).items(), *(extra[0].items() if extra else ())]:
+        if isinstance(value, dict):
+            out.update({f"{name}.{k}": v for k, v in value.items() if k != "sha256"})
+        else:
+            out[name] = value
+    return out
+
+
+def plain_setting(setting: str) -> str:
+    """The setting without its strategy fields (finetune's setting for a LoRA run's step ratio)."""
+    if not setting:
+        return setting
+    e0, cfg, *_ = json.loads(setting)
+    cfg = {k: v for k, v in (cfg or {}).items() if k != "lr_factors"} if cfg is not None else None
+    return json.dumps([e0, cfg], sort_keys=True)

@@ -100,11 +100,19 @@ def resolve_models(spec: str) -> list[ModelInfo]:
 
 @dataclass(frozen=True)
 class Strategy:
-    """How a run starts and what trains: ``freeze_k`` first blocks frozen (None: no training)."""
+    """How a run starts and what trains: ``freeze_k`` first blocks frozen (None: no training).
+
+    ``lora``: every base weight frozen, low-rank adapters on the later blocks' matrices,
+    merged back after training; ``soft``: every block trains with the sweep's per-block LR
+    factors; ``replay``: foundation-labelled structures of another domain join training.
+    """
 
     name: str
     freeze_k: int | None
     scratch: bool = False
+    lora: bool = False
+    soft: bool = False
+    replay: bool = False
 
 
 STRATEGY_HELP = {
@@ -116,6 +124,12 @@ STRATEGY_HELP = {
                             "(the paper's best MACE-MP setting)"),
     "readout-only": "alias of freeze-interactions: only the readout (and E0 if --e0 train) trains",
     "freeze-<k>": "first k blocks frozen, in the forward order shown by `bench list models`",
+    "lora": ("base weights frozen; low-rank adapters (--lora-rank, alpha) on the weight matrices of "
+             "the interaction and readout blocks train and are merged back for inference"),
+    "soft-freeze": ("every block trains, early blocks with a smaller learning rate (sweep lr_factors, "
+                    "as mace-torch --lr_params_factors)"),
+    "replay": ("finetune with foundation-labelled structures of another domain mixed in "
+               "(sweep replay_dataset, replay_fraction), against forgetting"),
 }
 
 
@@ -129,6 +143,9 @@ def resolve_strategy(name: str, model: ModelInfo) -> Strategy:
         "freeze-embedding": Strategy("freeze-embedding", n_embedding),
         "freeze-interactions": Strategy("freeze-interactions", n_embedding + kinds.count("interaction")),
         "readout-only": Strategy("readout-only", len(kinds) - kinds.count("readout")),
+        "lora": Strategy("lora", len(kinds), lora=True),
+        "soft-freeze": Strategy("soft-freeze", 0, soft=True),
+        "replay": Strategy("replay", 0, replay=True),
     }
     if name in fixed:
         return fixed[name]

@@ -3,8 +3,11 @@
     python -m bench report reports/quick       # writes report.md and report.html there
 
 Runs that differ only in seed are aggregated (mean ± std). The headline numbers come from
-``bench.headline`` and the plots from ``bench.figures``. Failed, skipped and diverged runs
-are listed with their reasons, never dropped. Plots are PNGs embedded in the HTML (it opens
+``bench.headline`` and the plots from ``bench.figures``. Where records carry them, physical
+properties (``properties``), forgetting (``forgetting``) and surrogate distillation jobs
+(spec kind ``surrogate``) get sections of their own; surrogate jobs stay out of every other
+table but the failures. Failed, skipped and diverged runs are listed with their reasons,
+never dropped. Plots are PNGs embedded in the HTML (it opens
 offline, no scripts) and written beside the Markdown.
 """
 
@@ -26,6 +29,7 @@ from bench.store import Store
 HEADLINE_SETTINGS = "headline.json"
 
 MAX_GROUPS = 20  # per-group rows per run group (OC20 has hundreds of trajectories)
+MAX_ROWS = 60  # rows per property, forgetting and surrogate table (the rest are in the records)
 
 
 def _fmt(x, digits=1) -> str:
@@ -175,15 +179,37 @@ def _figure_sections(curves: dict, h: hl.Headline, labels: dict, root: Path | No
 
 
 def _frozen(rec: dict) -> str:
-    k, blocks = rec["spec"]["freeze_k"], rec.get("blocks", [])
-    text = "–" if k is None else ("none" if k == 0 else f"{k}: {', '.join(b['name'] for b in blocks[:k])}")
-    native = dict(MODELS[rec["spec"]["model"]].native_freeze).get(k) if rec["spec"]["model"] in MODELS else None
-    return f"{text} ({native})" if native else text
+    spec = rec["spec"]
+    k, blocks = spec.get("freeze_k"), rec.get("blocks", [])
+    text = "–" if k is None else ("none" if k == 0 else f"all {k}" if k == len(blocks) else
+                                  f"{k}: {', '.join(b['name'] for b in blocks[:k])}")
+    native = dict(MODELS[spec["model"]].native_freeze).get(k) if spec["model"] in MODELS else None
+    text = f"{text} ({native})" if native else text
+    return "; ".join([text, *_adaptation(spec)])
+
+
+def _adaptation(spec: dict) -> list[str]:
+    """What a LoRA, soft-freeze or replay run adds to its frozen blocks, in words."""
+    out = []
+    if isinstance(spec.get("lora"), dict):
+        rank, alpha = (spec["lora"].get(k) for k in ("rank", "alpha"))
+        out.append(f"LoRA adapters rank {rank}, alpha {f'{alpha:g}' if isinstance(alpha, (int, float)) else alpha}")
+    factors = spec.get("lr_factors") or (spec.get("train_config") or {}).get("lr_factors")
+    if isinstance(factors, dict):
+        out.append("LR × " + ", ".join(f"{v:g} {k}" for k, v in factors.items()))
+    if isinstance(spec.get("replay"), dict):
+        rp = spec["replay"]
+        out.append(f"replay of {rp.get('dataset')}, {rp.get('fraction')} per training structure")
+    return out
+
+
+def _ordered(curves: dict) -> list[tuple[hl.CurveKey, list[hl.Point]]]:
+    return sorted(curves.items(), key=lambda kv: (kv[0].dataset, kv[0].family, kv[0].model,
+                                                  hl.strategy_rank(kv[0].strategy), kv[0].setting))
 
 
 def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
-    ordered = sorted(curves.items(), key=lambda kv: (kv[0].dataset, kv[0].family, kv[0].model,
-                                                     hl.strategy_rank(kv[0].strategy), kv[0].setting))
+    ordered = _ordered(curves)
     ft_step = {(k.model_key, k.setting, p.size): p.timing("step_s_per_structure")
                for k, pts in curves.items() if k.strategy == "finetune" for p in pts}
     results, groups, timing = [], [], []
@@ -191,11 +217,11 @@ def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
         for p in pts:
             rec, size = p.records[0], _size(p)
             base = [key.dataset, _model(key), labels[key]]
-            k = rec["spec"]["freeze_k"]
-            params = rec.get("parameters", {})
+            params = rec.get("parameters") or {}
+            trained = ("0" if key.strategy == "zero-shot" or rec["spec"].get("freeze_k", 0) is None else
+                       f"{params.get('trainable', 0):,} / {params.get('total', 0):,}" if params else "–")
             results.append([*base, _frozen(rec), size, str(len(p.records)), _ms(p.stat(hl.ENERGY)),
-                            _ms(p.stat(hl.FORCES)), _ms(p.stat("stress_rmse_gpa"), 2),
-                            f"{params.get('trainable', 0):,} / {params.get('total', 0):,}" if k is not None else "0"])
+                            _ms(p.stat(hl.FORCES)), _ms(p.stat("stress_rmse_gpa"), 2), trained])
             per = [r["metrics"].get("per_group", {}) for r in p.records]
             names = sorted(per[0])
             for g in names[:max_groups]:
@@ -206,7 +232,8 @@ def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
             if len(names) > max_groups:
                 groups.append([*base, size, f"… {len(names) - max_groups} more groups (in the records)",
                                "", "", "", ""])
-            step, ref = p.timing("step_s_per_structure"), ft_step.get((key.model_key, key.setting, p.size))
+            step = p.timing("step_s_per_structure")
+            ref = ft_step.get((key.model_key, hl.plain_setting(key.setting), p.size))
             frac = p.timing("data_fraction_after_epoch1")
             timing.append([*base, size, _ms(p.timing("train_s"), 0), _ms(step, 1, 1000),
                            f"{step.mean / ref.mean:.2f}×" if step and ref else "–",
@@ -228,6 +255,230 @@ def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
     tim.table(["dataset", "model", "strategy", "train size", "train time (s)", "step (ms/structure)",
                "vs finetune", "inference (atoms/s)", "peak RSS (MB)", "data prep after epoch 1 (%)"], timing)
     return [res, grp, tim]
+
+
+def _short(message, n: int = 90) -> str:
+    """First non-empty line of an error message, at most ``n`` characters."""
+    line = next((x.strip() for x in str(message).splitlines() if x.strip()), "?")
+    return line if len(line) <= n else line[:n - 1] + "…"
+
+
+def _error(entry) -> str | None:
+    """The message of a result that failed (``{"error": msg}``; anything not a dict), else None."""
+    if isinstance(entry, dict):
+        return str(entry["error"]) if entry.get("error") else None
+    return str(entry)
+
+
+def _same(values) -> hl.Stat | None:
+    """Stat of values that should agree (a DFT reference stored with every run): no ± when they do."""
+    s = hl.Stat.of(values)
+    return hl.Stat(s.mean, 0.0, 1) if s and s.std <= 1e-9 * max(1.0, abs(s.mean)) else s
+
+
+def _vs(stat: hl.Stat | None, ref: hl.Stat | None, digits: int) -> str:
+    """Mean ± std and, against a reference, the % error of the mean: ``465 (-1.5 %)``."""
+    text = _ms(stat, digits)
+    if stat and ref and ref.mean:
+        text += f" ({100 * (stat.mean - ref.mean) / abs(ref.mean):+.1f} %)"
+    return text
+
+
+def _capped(rows: list[list[str]], width: int, what: str = "rows") -> list[list[str]]:
+    if len(rows) <= MAX_ROWS:
+        return rows
+    return rows[:MAX_ROWS] + [[f"… {len(rows) - MAX_ROWS} more {what} (in the records)"] + [""] * (width - 1)]
+
+
+def _note(n_ok: int, errors: list[str]) -> str:
+    if not errors:
+        return ""
+    if not n_ok:
+        return f"error: {_short(errors[0])}"
+    return f"{len(errors)} of {n_ok + len(errors)} seeds failed: {_short(errors[0])}"
+
+
+ELASTIC = (("a0_ang", "a0 (Å)"), ("C11_gpa", "C11 (GPa)"), ("C12_gpa", "C12 (GPa)"), ("C44_gpa", "C44 (GPa)"),
+           ("bulk_modulus_gpa", "B (GPa)"))
+
+
+def _property_results(curves: dict) -> dict[tuple[str, str, str], list]:
+    """(dataset, property, system) -> [(curve key, point, ok results, error messages)], in table order;
+    relaxation has one system, ""."""
+    found: dict[tuple[str, str, str], list] = defaultdict(list)
+    for key, pts in _ordered(curves):
+        for p in pts:
+            per: dict[tuple[str, str], tuple[list, list]] = defaultdict(lambda: ([], []))
+            for r in p.records:
+                props = r.get("properties")
+                if not isinstance(props, dict):
+                    continue
+                for prop in ("elastic", "mixing", "relaxation"):
+                    if props.get(prop) is None:
+                        continue
+                    value = props[prop]
+                    whole = prop == "relaxation" or not isinstance(value, dict) or set(value) == {"error"}
+                    for system, entry in ({"": value} if whole else value).items():
+                        msg = _error(entry)
+                        per[(prop, system)][1 if msg else 0].append(msg or entry)
+            for (prop, system), (oks, errors) in per.items():
+                found[(key.dataset, prop, system)].append((key, p, oks, errors))
+    return found
+
+
+def _properties_section(curves: dict, labels: dict) -> Section | None:
+    found = _property_results(curves)
+    if not found:
+        return None
+    sec = Section("Physical properties", (
+        "Computed by the worker with each trained model on the same cells as the DFT reference. Elastic: "
+        "the same strained cells as DFT, elastic constants from a linear strain–stress fit (cubic "
+        "symmetry where stated), B = bulk modulus, a0 = the equilibrium lattice constant; each model "
+        "value is followed by its % error vs DFT. Mixing: energy of mixing of binary cells relative "
+        "to the elemental bcc references, mean over the cells and MAE vs DFT per cell. Relaxation: "
+        "ΔE from the first to the last frame of each relaxation trajectory of the test set, MAE vs "
+        "DFT, and the RMSE of the energies along the paths. Mean ± std over seeds; the first row of "
+        "each table is DFT."))
+
+    def lead(key, p, oks):
+        return [_model(key), labels[key], _size(p), str(len(oks))]
+
+    def dft(what: str, *cells: str) -> list[str]:
+        return [what, "", "", "", *cells, ""]
+
+    for (ds, prop, system), rows in sorted(found.items(), key=lambda kv: (
+            kv[0][0], ("elastic", "mixing", "relaxation").index(kv[0][1]), kv[0][2])):
+        oks = [e for _, _, ok, _ in rows for e in ok]
+        where = f"{ds}, {system}" if system else ds
+        if prop == "elastic":
+            first = oks[0] if oks else {}
+            ref = {k: _same((e.get("dft") or {}).get(k) for e in oks) for k, _ in ELASTIC}
+            digits = {k: 3 if k == "a0_ang" else (0 if ref[k] and abs(ref[k].mean) >= 100 else 1) for k, _ in ELASTIC}
+            strain = first.get("max_strain")
+            sec.text(f"{where}: elastic constants ({first.get('symmetry', '?')} fit over "
+                     f"{first.get('n_cells', '?')} strained cells up to ±"
+                     f"{'?' if strain is None else f'{100 * strain:g}'} % strain); DFT: {first.get('reference', '?')}.")
+            table = [[*lead(key, p, ok),
+                      *[_vs(hl.Stat.of((e.get("model") or {}).get(k) for e in ok), ref[k], digits[k])
+                        for k, _ in ELASTIC], _note(len(ok), err)] for key, p, ok, err in rows]
+            sec.table(["model", "strategy", "train size", "seeds", *[t for _, t in ELASTIC], "note"],
+                      [dft("DFT", *[_ms(ref[k], digits[k]) for k, _ in ELASTIC]), *_capped(table, 10)])
+        elif prop == "mixing":
+            ref = _same(e.get("dft_mean_mev_per_atom") for e in oks)
+            cells = sorted({e.get("n_cells") for e in oks if e.get("n_cells") is not None})
+            sec.text(f"{where}: energy of mixing over {', '.join(map(str, cells)) or '?'} cells vs the "
+                     f"elemental bcc references.")
+            table = [[*lead(key, p, ok), _ms(hl.Stat.of(e.get("model_mean_mev_per_atom") for e in ok)),
+                      _ms(hl.Stat.of(e.get("mae_mev_per_atom") for e in ok)), _note(len(ok), err)]
+                     for key, p, ok, err in rows]
+            sec.table(["model", "strategy", "train size", "seeds", "mean E_mix (meV/atom)",
+                       "E_mix MAE vs DFT (meV/atom)", "note"], [dft("DFT", _ms(ref), "–"), *_capped(table, 7)])
+        else:
+            ref = _same(e.get("relax_energy_dft_mean_mev") for e in oks)
+            n = sorted({e.get("n_trajectories") for e in oks if e.get("n_trajectories") is not None})
+            sec.text(f"{ds}: relaxation, {', '.join(map(str, n)) or '?'} test-set trajectories.")
+            table = [[*lead(key, p, ok), _ms(hl.Stat.of(e.get("relax_energy_model_mean_mev") for e in ok)),
+                      _ms(hl.Stat.of(e.get("relax_energy_mae_mev") for e in ok)),
+                      _ms(hl.Stat.of(e.get("path_energy_rmse_mev") for e in ok)), _note(len(ok), err)]
+                     for key, p, ok, err in rows]
+            sec.table(["model", "strategy", "train size", "seeds", "mean ΔE relax (meV)", "ΔE relax MAE (meV)",
+                       "path E RMSE (meV)", "note"], [dft("DFT", _ms(ref), "–", "–"), *_capped(table, 8)])
+    return sec
+
+
+def _forgetting_section(curves: dict, labels: dict) -> Section | None:
+    sets: dict[tuple, list[list[str]]] = defaultdict(list)
+    for key, pts in _ordered(curves):
+        for p in pts:
+            found = [r["forgetting"] for r in p.records if r.get("forgetting") is not None]
+            if not found:
+                continue
+            ok = [f for f in found if not _error(f)]
+            errors = [_error(f) for f in found if _error(f)]
+            first = (ok or found)[0] if isinstance((ok or found)[0], dict) else {}
+
+            def stat(name, side=None, ok=ok, of=hl.Stat.of):
+                return of((f.get(side) or {}).get(name) if side else f.get(name) for f in ok)
+
+            before_after = [f"{_ms(stat(m, 'dft_before', of=_same))} → {_ms(stat(m, 'dft_after'))}"
+                            for m in (hl.ENERGY, hl.FORCES)]
+            sets[(first.get("dataset", "?"), first.get("n_structures", "?"))].append(
+                [key.dataset, _model(key), labels[key], _size(p), str(len(ok)),
+                 _ms(stat("drift_energy_rmse_mev_per_atom")), _ms(stat("drift_forces_rmse_mev_per_ang")),
+                 *before_after, _note(len(ok), errors)])
+    if not sets:
+        return None
+    sec = Section("Forgetting", (
+        "What training on one system costs elsewhere: after training, each model started from a "
+        "foundation predicts held-out structures of another domain, and its predictions are compared "
+        "with those of the foundation it started from (drift: RMSE, 0 = nothing forgotten) and with "
+        "DFT (before: the foundation, after: the trained model). Mean ± std over seeds."))
+    for (ds, n), rows in sorted(sets.items(), key=lambda kv: str(kv[0])):
+        sec.text(f"Held-out set: {ds}, {n} structures.")
+        sec.table(["dataset", "model", "strategy", "train size", "seeds", "drift E (meV/atom)", "drift F (meV/Å)",
+                   "DFT E RMSE before → after (meV/atom)", "DFT F RMSE before → after (meV/Å)", "note"],
+                  _capped(rows, 10))
+    return sec
+
+
+def _surrogate_section(records: list[dict]) -> Section | None:
+    recs = sorted((r for r in records if r["spec"].get("kind") == "surrogate" and r["status"] == "ok"
+                   and isinstance(r.get("surrogate"), dict)),
+                  key=lambda r: tuple(str(r["spec"].get(k)) for k in ("dataset", "model", "teacher_strategy",
+                                                                       "train_size", "seed")))
+    if not recs:
+        return None
+
+    def params(side: dict) -> str:
+        p = side.get("parameters") or {}
+        n = p.get("total", p.get("trainable"))
+        return "?" if n is None else f"{n:,}"
+
+    def speedup(x) -> str:
+        return "–" if x is None else f"{x:,.1f}×"
+
+    rows, settings = [], {}
+    for r in recs:
+        spec, sg = r["spec"], r["surrogate"]
+        t, st, fd, sp = (sg.get(k) or {} for k in ("teacher", "student", "foundation", "speed"))
+        metrics = [r.get("metrics") or st.get("metrics") or {}, t.get("metrics") or {}, fd.get("metrics") or {}]
+        teacher = (f"{spec.get('model')} ({spec.get('checkpoint')}) {t.get('strategy') or spec.get('teacher_strategy')}"
+                   f", n={t.get('n_train', spec.get('train_size'))}, {params(t)} params")
+        parts = " + ".join(_fmt(st.get(k), 0) for k in ("n_pool", "n_rattled", "n_md"))
+        rows.append([
+            str(spec.get("dataset", "–")), teacher, str(spec.get("seed", "–")),
+            f"{st.get('architecture', '?')}, {params(st)} params", f"{_fmt(st.get('n_labelled'), 0)} ({parts})",
+            *[" / ".join(_fmt(m.get(name)) for m in metrics) for name in (hl.FORCES, hl.ENERGY)],
+            " / ".join(_fmt(sp.get(f"{who}_atoms_per_s"), 0) for who in ("student", "teacher", "foundation")),
+            speedup(sp.get("speedup_vs_teacher")), speedup(sp.get("speedup_vs_foundation")),
+            f"{sp.get('n_structures', '?')} ({sp.get('n_atoms', '?')} atoms)"])
+        how = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in spec[name].items())
+                        for name in ("rattle", "md") if isinstance(spec.get(name), dict))
+        if how:
+            settings.setdefault(how, []).append(spec.get("dataset", "–"))
+    sec = Section("Surrogate distillation", (
+        "A small student model trained from scratch on structures labelled by a fine-tuned teacher: "
+        "the teacher's training pool, rattled copies of it and frames of short MD runs with the teacher "
+        "(labelled = pool + rattled + MD). Errors: test-set RMSE vs DFT of student / teacher / the "
+        "foundation the teacher started from. Inference: atoms per second predicting the same test "
+        "structures on the same machine; speed-up = student's atoms/s over the other's. One row per run."))
+    for how, datasets in settings.items():
+        sec.text(f"Labels ({', '.join(sorted(set(datasets)))}): {how}.")
+    sec.table(["dataset", "teacher", "seed", "student", "labelled (pool + rattled + MD)",
+               "F RMSE student / teacher / foundation (meV/Å)", "E RMSE student / teacher / foundation (meV/atom)",
+               "inference student / teacher / foundation (atoms/s)", "speed-up vs teacher",
+               "speed-up vs foundation", "timed on"], _capped(rows, 11, "runs"))
+    return sec
+
+
+def _what(spec: dict) -> str:
+    """A run's strategy, or what kind of job it is."""
+    kind = spec.get("kind", "train")
+    if kind == "perf":
+        return "timing job"
+    if kind == "surrogate":
+        return f"surrogate (teacher: {spec.get('teacher_strategy')})"
+    return str(spec.get("strategy", "–"))
 
 
 def _environment(records: list[dict]) -> Section:
@@ -253,18 +504,23 @@ def build_sections(records: list[dict], root: Path | None = None, headline: dict
     """Report sections; ``root`` (the results directory) is needed for the parity plots,
     ``headline`` holds ``bench.headline.headline`` settings (a preset's ``[headline]``)."""
     counts: dict[str, int] = defaultdict(int)
+    kinds: dict[str, int] = defaultdict(int)
     for r in records:
         counts[r["status"]] += 1
+        kinds[r["spec"].get("kind", "train")] += 1
     h = hl.headline(records, **(headline or {}))
     curves = hl.curves(records)
     labels = hl.strategy_labels(curves)
+    jobs = [f"{kinds[k]} {name}{'s' if kinds[k] > 1 else ''}" for k, name in
+            (("perf", "timing job"), ("surrogate", "surrogate job")) if kinds[k]]
     intro = Section("Summary", f"{len(records)} stored runs: " +
                     ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
+                    (f" ({', '.join(jobs)})" if jobs else "") +
                     ". Errors are on each dataset's fixed test set; mean ± std over seeds.")
     bad = Section("Failed, skipped and diverged runs")
     bad.table(["dataset", "model", "strategy", "train size", "seed", "status", "reason"],
-              [[str(r["spec"].get(k, "timing job" if k == "strategy" else "–"))
-                for k in ("dataset", "model", "strategy", "train_size", "seed")]
+              [[str(r["spec"].get("dataset", "–")), str(r["spec"].get("model", "–")), _what(r["spec"]),
+                *(str(r["spec"].get(k, "–")) for k in ("train_size", "seed"))]
                + [r["status"], (r.get("reason") or "")[:400]] for r in records if r["status"] != "ok"])
     perf = Section("Performance targets",
                    "Each model's timing job compares the adapter's batched predict (featurization included) "
@@ -272,8 +528,9 @@ def build_sections(records: list[dict], root: Path | None = None, headline: dict
                    "weights, so they must agree. On a CPU inference is compute-bound and batching gains "
                    "little; the ratio grows on a GPU.")
     perf.table(*targets.target_rows(records, targets.read_sweeps(root) if root else []))
+    extra = [_properties_section(curves, labels), _forgetting_section(curves, labels), _surrogate_section(records)]
     return [intro, _headline_section(h, labels), *_figure_sections(curves, h, labels, root),
-            *_tables(curves, labels, max_groups), perf, bad, _environment(records)]
+            *_tables(curves, labels, max_groups), *filter(None, extra), perf, bad, _environment(records)]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -19,12 +19,14 @@ import contextlib
 import fcntl
 import functools
 import json
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from ase.io import write
 
 from bench import envs
@@ -32,11 +34,12 @@ from bench.config import SweepConfig
 from bench.executors import make_executor
 from bench.progress import Progress
 from bench.provenance import now, provenance
-from bench.registry import ModelInfo, Strategy, resolve_models, resolve_strategy
+from bench.registry import ModelInfo, Strategy, get_model, resolve_models, resolve_strategy
 from bench.store import SCHEMA_VERSION, Store, atomic_write_json, run_id
 from bench.targets import SWEEP_LOG
 from bench.workers import ForkServer, WorkerLost, WorkerSlot, WorkerTimeout, describe_exit, log_to_stderr
 from datasets import Dataset, load_dataset
+from datasets.registry import catalog
 from datasets.splits import plan_split, resolve_size
 
 
@@ -48,6 +51,7 @@ class PlannedRun:
     strategy: Strategy | None  # None for a model's timing job (spec kind "perf")
     train_idx: tuple[int, ...]
     val_idx: tuple[int, ...]
+    replay_idx: tuple[int, ...] = ()  # structures of the replay dataset's pool mixed into training
 
     @property
     def label(self) -> str:
@@ -59,16 +63,54 @@ class Plan:
     config: SweepConfig
     datasets: dict[str, Dataset]
     runs: list[PlannedRun]
+    replay: Dataset | None = None  # the other domain for replay and forgetting
 
     def describe(self) -> str:
         return "; ".join(f"{name}: {len(d.pool)} pool / {len(d.test)} test structures"
                          for name, d in self.datasets.items())
 
 
-def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset) -> list[PlannedRun]:
+def _strategy_fields(cfg: SweepConfig, strategy: Strategy, replay: Dataset | None) -> dict:
+    """Spec fields a strategy adds (only where they apply, so other specs keep their hash)."""
+    fields: dict = {}
+    if replay is not None and not strategy.scratch:
+        fields["forgetting"] = {"dataset": replay.name, "sha256": replay.sha256,
+                                "n_structures": min(cfg.forgetting_size, len(replay.test))}
+    if strategy.lora:
+        fields["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha}
+    if strategy.soft:
+        fields["lr_factors"] = dict(cfg.lr_factors)
+    if strategy.replay:
+        fields["replay"] = {"dataset": replay.name, "sha256": replay.sha256, "fraction": cfg.replay_fraction}
+    return fields
+
+
+def _surrogate_run(cfg: SweepConfig, model: ModelInfo, base: dict, splits: dict) -> PlannedRun:
+    """The distillation job: teacher fine-tuned on the whole pool (first seed), a small
+    student of the same family trained on the teacher's labels."""
+    s = cfg.surrogate
+    teacher = resolve_strategy(s["teacher_strategy"], model)
+    seed = cfg.seeds[0]
+    split = splits[seed]
+    n = len(split.order)
+    spec = {**base, "kind": "surrogate", "teacher_strategy": teacher.name, "freeze_k": teacher.freeze_k,
+            "e0_policy": cfg.e0_policy, "train_size": n, "pool_size": n, "seed": seed, "n_val": len(split.val),
+            "train_config": cfg.train_config(),
+            "student": {"architecture": dict(s["student"]), "epochs": s["student_epochs"], "lr": s["student_lr"]},
+            "rattle": {"copies": s["rattle_copies"], "stdev_ang": s["rattle_stdev_ang"], "strain": s["rattle_strain"]},
+            "md": {"structures": s["md_structures"], "steps": s["md_steps"], "every": s["md_every"],
+                   "temperature_k": s["md_temperature_k"]},
+            "speed_structures": s["speed_structures"]}
+    return PlannedRun(run_id(spec), spec, model, teacher, split.train(n), split.val)
+
+
+def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset,
+                  replay: Dataset | None) -> list[PlannedRun]:
     leak = [a.info["leak_group"] for a in dataset.pool]
     splits = {seed: plan_split(leak, seed=seed, val_fraction=cfg.val_fraction, val_size=cfg.val_size or None,
                                pool_size=cfg.pool_size or None) for seed in cfg.seeds}
+    replay_order = {seed: tuple(int(i) for i in np.random.default_rng(seed).permutation(len(replay.pool)))
+                    for seed in cfg.seeds} if replay is not None else {}
     runs = []
     for model in models:
         strategies = [resolve_strategy(name, model) for name in cfg.strategies]
@@ -82,17 +124,25 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset) -
                         "train_size": 0, "train_size_requested": 0, "seed": 0, "train_config": None}
                 runs.append(PlannedRun(run_id(spec), spec, model, strategy, (), ()))
                 continue
+            extra = _strategy_fields(cfg, strategy, replay)
+            train_config = cfg.train_config() | ({"lr_factors": dict(cfg.lr_factors)} if strategy.soft else {})
+            seeds = cfg.seeds[: cfg.seeds_by_strategy.get(strategy.name, len(cfg.seeds))]
             for seed, split in splits.items():
-                for requested in cfg.sizes:
+                if seed not in seeds:
+                    continue
+                for requested in cfg.sizes_by_strategy.get(strategy.name, cfg.sizes):
                     n = resolve_size(requested, len(split.order))
                     spec = {**base, "strategy": strategy.name, "freeze_k": strategy.freeze_k,
                             "e0_policy": cfg.e0_policy, "train_size": n,
                             "train_size_requested": requested, "pool_size": len(split.order),
                             "train_fraction": n / len(split.order), "seed": seed,
                             "val_fraction": cfg.val_fraction, "val_size": cfg.val_size,
-                            "n_val": len(split.val), "train_config": cfg.train_config()}
-                    runs.append(PlannedRun(run_id(spec), spec, model, strategy,
-                                           split.train(n), split.val))
+                            "n_val": len(split.val), "train_config": train_config, **extra}
+                    n_replay = math.ceil(cfg.replay_fraction * n) if strategy.replay else 0
+                    runs.append(PlannedRun(run_id(spec), spec, model, strategy, split.train(n), split.val,
+                                           replay_order.get(seed, ())[:n_replay]))
+        if cfg.surrogate and cfg.surrogate["model"] == model.key:
+            runs.append(_surrogate_run(cfg, model, base, splits))
         if cfg.perf_structures:  # last: by then the background environment builds are done
             n = min(cfg.perf_structures, len(dataset.test))
             spec = {**base, "kind": "perf", "n_structures": n}
@@ -106,8 +156,11 @@ def make_plan(cfg: SweepConfig) -> Plan:
     for name in cfg.datasets:
         dataset = load_dataset(name)
         datasets[dataset.name] = dataset
-    runs = [run for d in datasets.values() for run in _dataset_runs(cfg, models, d)]
-    return Plan(cfg, datasets, runs)
+    replay = load_dataset(cfg.replay_dataset) if cfg.replay_dataset else None
+    if cfg.surrogate:  # a misspelt teacher fails here; one outside --models just has no job
+        get_model(cfg.surrogate["model"])
+    runs = [run for d in datasets.values() for run in _dataset_runs(cfg, models, d, replay)]
+    return Plan(cfg, datasets, runs, replay)
 
 
 def _write_frames(path: Path, frames) -> None:
@@ -132,6 +185,26 @@ def _record(run: PlannedRun, status: str, reason: str | None, started: str, **fi
             "provenance": {**provenance(), "started_at": started, "finished_at": now()}, **fields}
 
 
+def _job_data(run: PlannedRun, data: dict, cfg: SweepConfig) -> dict:
+    """The data files, indices and property definitions a worker needs for one run."""
+    files = {**data[run.spec["dataset"]], "train": list(run.train_idx), "val": list(run.val_idx)}
+    other = (run.spec.get("replay") or run.spec.get("forgetting") or {}).get("dataset")
+    if other:
+        files["replay"] = {**data[other], "train": list(run.replay_idx)}
+    properties = catalog().get(run.spec["dataset"], {}).get("properties")
+    return {"data": files, "properties": properties if _wants_properties(run.spec, cfg) else None}
+
+
+def _wants_properties(spec: dict, cfg: SweepConfig) -> bool:
+    """``largest``: zero-shot and each strategy's largest training size only (CPU budgets)."""
+    if cfg.properties == "none" or spec["kind"] != "train":
+        return False
+    if cfg.properties == "all" or spec["strategy"] == "zero-shot":
+        return True
+    sizes = cfg.sizes_by_strategy.get(spec["strategy"], cfg.sizes)
+    return spec["train_size"] == max(resolve_size(s, spec["pool_size"]) for s in sizes)
+
+
 def run_worker(run: PlannedRun, server: ForkServer, threads: int, data: dict, store: Store, cfg: SweepConfig,
                on_epoch=None) -> dict:
     """Run one spec in a forked worker and turn whatever happens into a record."""
@@ -141,8 +214,7 @@ def run_worker(run: PlannedRun, server: ForkServer, threads: int, data: dict, st
     result_path, progress_path = jobs / f"{attempt}.result.json", jobs / f"{attempt}.progress.jsonl"
     log_path = store.root / "logs" / f"{run.run_id}.log"
     job = {**run.spec, "adapter": run.model.adapter, "packages": list(run.model.packages),
-           "data": {**data, "train": list(run.train_idx), "val": list(run.val_idx)},
-           "device": cfg.device, "threads": threads, "result_path": str(result_path),
+           **_job_data(run, data, cfg), "device": cfg.device, "threads": threads, "result_path": str(result_path),
            "progress_path": str(progress_path), "log_path": str(log_path),
            "predictions_path": str(store.root / "predictions" / f"{run.run_id}.npz")}
     job_path = jobs / f"{attempt}.job.json"
@@ -187,6 +259,10 @@ def _summary(record: dict) -> str:
         t = record["timing"]
         return (f"batched predict {t['speedup_vs_ase_calculator']:.1f}x the ASE calculator, "
                 f"{t['inference_atoms_per_s']:.0f} atoms/s")
+    if record["spec"]["kind"] == "surrogate":
+        speed = record["surrogate"]["speed"]
+        return (f"student F {m['forces_rmse_mev_per_ang']:.1f} meV/Å, "
+                f"{speed['speedup_vs_teacher']:.1f}x the teacher's speed")
     text = f"E {m['energy_rmse_mev_per_atom']:.1f} meV/atom, F {m['forces_rmse_mev_per_ang']:.1f} meV/Å"
     if m.get("stress_rmse_gpa") is not None:
         text += f", S {m['stress_rmse_gpa']:.2f} GPa"
@@ -241,7 +317,7 @@ def run_planned(run: PlannedRun, slot: WorkerSlot, *, data: dict, store: Store, 
         elif isinstance(server, Exception):
             record = _record(run, "failed", f"environment unavailable: {server}", started)
         else:
-            record = run_worker(run, server, slot.threads, data[run.spec["dataset"]], store, cfg, on_epoch)
+            record = run_worker(run, server, slot.threads, data, store, cfg, on_epoch)
             if record.get("skip_scope"):
                 known_skips[(run.model.key, run.spec["checkpoint"], record["skip_scope"])] = record["reason"]
         store.put(record)
@@ -252,7 +328,8 @@ def execute(plan: Plan, store: Store) -> dict[str, float]:
     """Run every planned spec not already ``ok`` with the configured executor; returns counts
     by status (+ ``reused``, ``env_setup_s``) and appends the sweep to ``sweeps.jsonl``."""
     t_start, sweep_started = time.perf_counter(), now()
-    data = {name: _data_files(ds, store) for name, ds in plan.datasets.items()}
+    datasets = {**plan.datasets, **({plan.replay.name: plan.replay} if plan.replay else {})}
+    data = {name: _data_files(ds, store) for name, ds in datasets.items()}
     counts: dict[str, float] = {"reused": 0}
     progress = Progress(len(plan.runs))
     pending = []
@@ -321,5 +398,7 @@ def _label(record: dict) -> str:
     s = record["spec"]
     if s["kind"] == "perf":
         return f"{s['model']} timing ({s['n_structures']} structures)"
+    if s["kind"] == "surrogate":
+        return f"{s['model']} surrogate ({s['teacher_strategy']} teacher n={s['train_size']} -> small student)"
     size = "" if s["strategy"] == "zero-shot" else f" n={s['train_size']} seed={s['seed']}"
     return f"{s['model']} {s['strategy']}{size}"

@@ -3,7 +3,8 @@
 * Batched ``predict`` through the adapter ≥ 3× faster per structure than the library's
   own ASE calculator called structure by structure (each model's timing job).
 * After the first epoch graphs are reused: data preparation (collating prebuilt graphs)
-  < 10 % of epoch time (the largest share over a model's training runs).
+  < 10 % of epoch time (the largest share over a model's training runs; a surrogate job's
+  student is another model and is left out).
 * The whole sweep's wall time against its budget (the default ``quick`` sweep: 20 min on a
   2-core CPU), from ``sweeps.jsonl``, one line per ``bench run``.
 
@@ -49,7 +50,7 @@ def target_rows(records: list[dict], sweeps: list[dict]) -> tuple[list[str], lis
     prep: dict[str, list[float]] = defaultdict(list)
     for r in records:
         frac = (r.get("timing") or {}).get("data_fraction_after_epoch1")
-        if r["status"] == "ok" and frac is not None:
+        if r["status"] == "ok" and frac is not None and r["spec"].get("kind", "train") == "train":
             prep[r["spec"]["model"]].append(frac)
     for model, fracs in sorted(prep.items()):
         rows.append([model, f"data preparation share of epoch time after epoch 1 ({len(fracs)} runs)",

@@ -50,8 +50,41 @@ SYNTH_DESIGN = {
     ("m3gnet", "finetune"): ((200, 150, 100), (35, 20, 14)),
     ("m3gnet", "freeze-interactions"): ((120, 85, 70), (25, 15, 13)),
 }
-SYNTH_STEP_S = {"scratch": 0.02, "finetune": 0.02, "freeze-interactions": 0.008}
+SYNTH_STEP_S = {"scratch": 0.02, "finetune": 0.02, "freeze-interactions": 0.008, "lora": 0.012,
+                "soft-freeze": 0.02, "replay": 0.03}
 SYNTH_CHECKPOINT = {"chgnet": "0.3.0", "m3gnet": "M3GNet-MatPES-PBE-v2025.1-PES"}
+# The strategies with settings of their own, at two sizes only (their curves are shorter).
+SYNTH_NEW_SIZES = (20, 100)
+SYNTH_NEW_DESIGN = {
+    ("chgnet", "lora"): ((130, 100), (15, 6)),
+    ("chgnet", "soft-freeze"): ((120, 97), (12, 5.5)),
+    ("chgnet", "replay"): ((140, 105), (14, 6.5)),
+    ("m3gnet", "lora"): ((110, 90), (18, 13)),
+    ("m3gnet", "soft-freeze"): ((105, 85), (17, 12.5)),
+    ("m3gnet", "replay"): ((115, 95), (19, 14)),
+}
+SYNTH_LORA = {"rank": 8, "alpha": 16.0}
+SYNTH_LR_FACTORS = {"embedding": 0.01, "interaction": 0.1, "readout": 1.0}
+SYNTH_OTHER_DOMAIN = {"dataset": "mlearn-Si", "sha256": "5i" * 32}
+# Property benchmarks (record["properties"]) at the largest size and zero-shot: model value =
+# DFT × (1 + error) (a0: error / 3), seed 0 one unit below and seed 1 one above (the mean is exact).
+SYNTH_ELASTIC_DFT = {"a0_ang": 3.16, "volume_per_atom_a3": 15.78, "C11_gpa": 472.0, "C12_gpa": 158.0,
+                     "C44_gpa": 106.0, "bulk_modulus_gpa": 262.7}
+SYNTH_MIXING_DFT = -45.0  # meV/atom, Mo-Nb
+SYNTH_RELAX_DFT = -350.0  # meV, mean relaxation energy of the test trajectories
+SYNTH_PROPERTY_ERROR = {
+    ("chgnet", "zero-shot"): -0.04, ("chgnet", "finetune"): -0.015, ("chgnet", "freeze-interactions"): -0.03,
+    ("chgnet", "lora"): -0.02, ("chgnet", "soft-freeze"): -0.01, ("chgnet", "replay"): -0.025,
+    ("m3gnet", "zero-shot"): 0.05, ("m3gnet", "finetune"): 0.02, ("m3gnet", "freeze-interactions"): 0.03,
+    ("m3gnet", "lora"): 0.025, ("m3gnet", "soft-freeze"): 0.015, ("m3gnet", "replay"): 0.01,
+    ("chgnet", "scratch"): 0.3, ("m3gnet", "scratch"): 0.25,
+}
+SYNTH_ELASTIC_ERROR = "elastic fit failed: stress not converged after 200 steps\nTraceback (most recent call last): ..."
+# Forgetting (record["forgetting"]) of every foundation-started run: drift F = design × sqrt(size / 100)
+# × the seed factor; DFT error before (the foundation's) fixed, after = before + drift / 2.
+SYNTH_DRIFT_F = {"finetune": 60.0, "freeze-interactions": 15.0, "lora": 20.0, "soft-freeze": 30.0, "replay": 10.0}
+SYNTH_BEFORE = {"chgnet": (20.0, 180.0), "m3gnet": (15.0, 150.0)}  # (E meV/atom, F meV/Å) vs DFT
+SYNTH_SURROGATE_SPEED = {"student": 24000.0, "teacher": 1200.0, "foundation": 1000.0}
 
 
 def _scaled(rng, shape, rmse_ev):
@@ -80,7 +113,7 @@ def write_synthetic_store(root):
            "stress": rng.normal(0, 0.01, (n_test, 6)), "n_atoms": np.full(n_test, n_at)}
     groups = [f"traj-{i % n_groups:03d}" for i in range(n_test)]
 
-    def put(spec, status="ok", reason=None, forces=None, energy=None, timing=None, curve=None):
+    def put(spec, status="ok", reason=None, forces=None, energy=None, timing=None, curve=None, **extra):
         spec = {"schema_version": SCHEMA_VERSION, "kind": "train", "dataset": "synth",
                 "family": spec["model"], "checkpoint": SYNTH_CHECKPOINT[spec["model"]], **spec}
         rid = run_id(spec)
@@ -95,30 +128,46 @@ def write_synthetic_store(root):
                                 **{f"pred_{k}": v for k, v in pred.items()}, **{f"ref_{k}": v for k, v in ref.items()})
             rec.update(metrics=error_metrics(pred, ref, groups), timing=timing, curve=curve,
                        artefacts={"predictions": f"predictions/{rid}.npz"},
-                       parameters={"trainable": 1000 if spec["freeze_k"] != 5 else 100, "total": 1000},
+                       parameters={"trainable": {5: 100, 6: 40}.get(spec["freeze_k"], 1000), "total": 1000},
                        blocks=[{"name": f"block-{i}", "kind": "interaction", "n_params": 100} for i in range(6)],
                        environment={"packages": {spec["model"]: "1.0"}, "device": "cpu", "threads": 2,
-                                    "cpu": "synthetic"})
+                                    "cpu": "synthetic"}, **extra)
         (store.records / f"{rid}.json").write_text(json.dumps(rec))
 
-    for (model, strategy), (fs, es) in SYNTH_DESIGN.items():
+    for (model, strategy), (fs, es) in {**SYNTH_DESIGN, **SYNTH_NEW_DESIGN}.items():
         if strategy == "zero-shot":
             put({"model": model, "strategy": strategy, "freeze_k": None, "e0_policy": "foundation",
                  "train_size": 0, "seed": 0, "train_config": None}, forces=fs[0], energy=es[0],
                 timing={"load_s": 1.0, "inference_atoms_per_s": 1000.0 if model == "chgnet" else 400.0,
-                        "peak_rss_mb": 900.0})
+                        "peak_rss_mb": 900.0}, properties=synth_properties(model, strategy, 0))
             continue
-        for size, f, e in zip(SYNTH_SIZES, fs, es, strict=True):
+        fields, config = {}, {"epochs": 4}
+        if strategy == "lora":
+            fields = {"lora": SYNTH_LORA}
+        elif strategy == "soft-freeze":
+            fields, config = {"lr_factors": SYNTH_LR_FACTORS}, {"epochs": 4, "lr_factors": SYNTH_LR_FACTORS}
+        elif strategy == "replay":
+            fields = {"replay": {**SYNTH_OTHER_DOMAIN, "fraction": 0.5}}
+        if (model, strategy) in SYNTH_NEW_DESIGN:  # the runner's spec field (left out of the older runs' specs)
+            fields["forgetting"] = {**SYNTH_OTHER_DOMAIN, "n_structures": 6}
+        for size, f, e in zip(SYNTH_NEW_SIZES if (model, strategy) in SYNTH_NEW_DESIGN else SYNTH_SIZES,
+                              fs, es, strict=True):
             for seed in SYNTH_SEEDS:
                 k = SYNTH_SEED_FACTOR[seed]
                 epoch_s = size / 10 * (0.5 if strategy == "freeze-interactions" else 1)
-                put({"model": model, "strategy": strategy, "freeze_k": {"scratch": 0, "finetune": 0}.get(strategy, 5),
+                extra = {}
+                if size == SYNTH_POOL:
+                    extra["properties"] = synth_properties(model, strategy, seed)
+                if strategy in SYNTH_DRIFT_F:
+                    extra["forgetting"] = synth_forgetting(model, strategy, size, seed)
+                put({"model": model, "strategy": strategy,
+                     "freeze_k": {"scratch": 0, "finetune": 0, "soft-freeze": 0, "replay": 0, "lora": 6}.get(strategy, 5),
                      "e0_policy": "refit", "train_size": size, "pool_size": SYNTH_POOL,
-                     "train_fraction": size / SYNTH_POOL, "seed": seed, "train_config": {"epochs": 4}},
+                     "train_fraction": size / SYNTH_POOL, "seed": seed, "train_config": config, **fields},
                     forces=f * k, energy=e * k, curve=synth_val_curve(f * k, epoch_s),
                     timing={"train_s": 4 * epoch_s, "step_s_per_structure": SYNTH_STEP_S[strategy],
                             "peak_rss_mb": 1000.0 + size + 100 * seed, "best_epoch": 4,
-                            "data_fraction_after_epoch1": 0.01})
+                            "data_fraction_after_epoch1": 0.01}, **extra)
     perf = {"schema_version": SCHEMA_VERSION, "kind": "perf", "dataset": "synth", "model": "m3gnet",
             "family": "m3gnet", "checkpoint": SYNTH_CHECKPOINT["m3gnet"], "n_structures": 20}
     (store.records / f"{run_id(perf)}.json").write_text(json.dumps(
@@ -136,11 +185,98 @@ def write_synthetic_store(root):
     put({"model": "m3gnet", "strategy": "finetune", "freeze_k": 0, "e0_policy": "refit", "train_size": 5,
          "train_fraction": 0.05, "seed": 2, "train_config": {"epochs": 4}}, status="skipped",
         reason="checkpoint not cached at /nowhere; pass --checkpoint PATH")
+    for rec in synth_surrogates():
+        (store.records / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     return root
+
+
+def synth_properties(model: str, strategy: str, seed: int) -> dict:
+    """record["properties"]; scratch's elastic fit fails on both seeds, chgnet
+    freeze-interactions' on seed 1 only."""
+    err, sign = SYNTH_PROPERTY_ERROR[(model, strategy)], 0 if strategy == "zero-shot" else (-1, 1)[seed]
+    elastic = {k: v * (1 + (err / 3 if k == "a0_ang" else err)) + sign * (0.01 if k == "a0_ang" else 1.0)
+               for k, v in SYNTH_ELASTIC_DFT.items()}
+
+    def c_matrix(d):
+        c = [[0.0] * 6 for _ in range(6)]
+        for i in range(3):
+            for j in range(3):
+                c[i][j] = d["C11_gpa"] if i == j else d["C12_gpa"]
+            c[i + 3][i + 3] = d["C44_gpa"]
+        return c
+
+    failed = strategy == "scratch" or ((model, strategy, seed) == ("chgnet", "freeze-interactions", 1))
+    return {
+        "elastic": {"Mo": {"error": SYNTH_ELASTIC_ERROR} if failed else {
+            "n_cells": 13, "max_strain": 0.01, "symmetry": "cubic", "reference": "synthetic PBE",
+            "dft": {**SYNTH_ELASTIC_DFT, "C_gpa": c_matrix(SYNTH_ELASTIC_DFT)},
+            "model": {**elastic, "C_gpa": c_matrix(elastic)}}},
+        "mixing": {"Mo-Nb": {"n_cells": 10, "dft_mean_mev_per_atom": SYNTH_MIXING_DFT,
+                             "model_mean_mev_per_atom": SYNTH_MIXING_DFT + 100 * err + sign,
+                             "mae_mev_per_atom": 2 + 100 * abs(err) + sign * 0.5}},
+        "relaxation": {"n_trajectories": 5, "relax_energy_dft_mean_mev": SYNTH_RELAX_DFT,
+                       "relax_energy_model_mean_mev": SYNTH_RELAX_DFT * (1 + err) + sign,
+                       "relax_energy_mae_mev": 20 + 500 * abs(err) + sign, "path_energy_rmse_mev": 15 + 300 * abs(err)},
+    }
+
+
+def synth_forgetting(model: str, strategy: str, size: int, seed: int) -> dict:
+    drift_f = SYNTH_DRIFT_F[strategy] * (size / SYNTH_POOL) ** 0.5 * SYNTH_SEED_FACTOR[seed]
+    before_e, before_f = SYNTH_BEFORE[model]
+    return {"dataset": SYNTH_OTHER_DOMAIN["dataset"], "n_structures": 6,
+            "drift_energy_rmse_mev_per_atom": drift_f / 10, "drift_forces_rmse_mev_per_ang": drift_f,
+            "dft_before": {"energy_rmse_mev_per_atom": before_e, "forces_rmse_mev_per_ang": before_f},
+            "dft_after": {"energy_rmse_mev_per_atom": before_e + drift_f / 20,
+                          "forces_rmse_mev_per_ang": before_f + drift_f / 2}}
+
+
+def synth_surrogates() -> list[dict]:
+    """An ok surrogate job (chgnet finetune teacher, with timings a train record would have, which
+    must not leak into the headline or targets) and a failed one (m3gnet)."""
+    from bench.store import SCHEMA_VERSION, run_id
+
+    out = []
+    for model, teacher, status in (("chgnet", "finetune", "ok"), ("m3gnet", "freeze-interactions", "failed")):
+        spec = {"schema_version": SCHEMA_VERSION, "kind": "surrogate", "dataset": "synth", "model": model,
+                "family": model, "checkpoint": SYNTH_CHECKPOINT[model], "teacher_strategy": teacher,
+                "freeze_k": 0 if teacher == "finetune" else 5, "e0_policy": "refit", "train_size": SYNTH_POOL,
+                "pool_size": SYNTH_POOL, "seed": 0, "train_config": {"epochs": 4},
+                "student": {"architecture": {"units": 32, "nblocks": 2}, "epochs": 30, "lr": 0.003},
+                "rattle": {"copies": 2, "stdev_ang": 0.04, "strain": 0.01},
+                "md": {"structures": 4, "steps": 20, "every": 5, "temperature_k": 600.0}}
+        rec = {"schema_version": SCHEMA_VERSION, "run_id": run_id(spec), "spec": spec, "status": status,
+               "reason": None, "provenance": {"commit": "abc1234def", "dirty": False, "hostname": "synth"}}
+        if status != "ok":
+            out.append(rec | {"reason": "student training diverged at epoch 3 (validation loss nan)"})
+            continue
+        student = {"energy_rmse_mev_per_atom": 8.0, "energy_mae_mev_per_atom": 6.0, "forces_rmse_mev_per_ang": 120.0,
+                   "forces_mae_mev_per_ang": 90.0, "stress_rmse_gpa": 0.6, "n_structures": 30, "n_atoms": 240}
+        teacher_m = {"energy_rmse_mev_per_atom": 5.0, "forces_rmse_mev_per_ang": 95.0}
+        foundation_m = {"energy_rmse_mev_per_atom": 50.0, "forces_rmse_mev_per_ang": 300.0}
+        sp = SYNTH_SURROGATE_SPEED
+        out.append(rec | {
+            "metrics": student,
+            "timing": {"train_s": 30.0, "reference_workload_s": 0.25, "peak_rss_mb": 700.0,
+                       "inference_atoms_per_s": sp["student"], "data_fraction_after_epoch1": 0.5},
+            "parameters": {"trainable": 5000, "total": 5000},
+            "environment": {"packages": {model: "1.0"}, "device": "cpu", "threads": 2, "cpu": "synthetic"},
+            "surrogate": {
+                "teacher": {"strategy": teacher, "n_train": SYNTH_POOL, "metrics": teacher_m,
+                            "parameters": {"trainable": 1000, "total": 1000}},
+                "student": {"architecture": "M3GNet units=32 nblocks=2", "parameters": {"trainable": 5000, "total": 5000},
+                            "n_labelled": 180, "n_pool": 100, "n_rattled": 60, "n_md": 20, "metrics": student,
+                            "epochs_run": 30},
+                "foundation": {"metrics": foundation_m, "parameters": {"trainable": 1000, "total": 1000}},
+                "speed": {"n_structures": 8, "n_atoms": 64, **{f"{k}_atoms_per_s": v for k, v in sp.items()},
+                          "speedup_vs_teacher": sp["student"] / sp["teacher"],
+                          "speedup_vs_foundation": sp["student"] / sp["foundation"]}}})
+    return out
 
 
 @pytest.fixture
 def synthetic_store(tmp_path):
-    """2 models × zero-shot/scratch/finetune/freeze-interactions × 3 sizes × 2 seeds, one timing job
-    (m3gnet), one failed and one skipped run."""
+    """2 models × zero-shot/scratch/finetune/freeze-interactions × 3 sizes × 2 seeds and
+    lora/soft-freeze/replay × 2 sizes × 2 seeds (properties at the largest size, forgetting of the
+    foundation-started runs), one timing job (m3gnet), one failed and one skipped run, one ok and
+    one failed surrogate job: 67 records."""
     return write_synthetic_store(tmp_path / "results")

@@ -212,3 +212,25 @@ def test_the_committed_regression_baseline_passes_itself_and_fails_when_made_wor
     assert main(["compare", str(baseline), write(tmp_path / "worse", *worse)]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "forces_rmse_mev_per_ang" in out
+
+
+def test_surrogate_jobs_are_compared_by_run_id_on_the_students_metrics(synthetic_store, tmp_path, capsys):
+    """Surrogate records (no strategy, teacher named in the spec) go through the gate like any run."""
+    records = Store(synthetic_store).all()
+    result = compare(records, records)
+    assert result["summary"]["passed"] and result["summary"]["runs_matched"] == len(records) == 67
+    surrogate = [r for r in result["rows"] if "/surrogate-of-" in r["run"]]
+    assert {r["run"].split()[0] for r in surrogate} == {"chgnet/surrogate-of-finetune/n100/s0",
+                                                        "m3gnet/surrogate-of-freeze-interactions/n100/s0"}
+    assert {r["metric"] for r in surrogate} >= {"status", "forces_rmse_mev_per_ang", "energy_rmse_mev_per_atom"}
+    base = write(tmp_path / "base", *records)
+    worse = copy.deepcopy(records)
+    student = next(r for r in worse if r["spec"].get("kind") == "surrogate" and r["status"] == "ok")
+    student["metrics"]["forces_rmse_mev_per_ang"] *= 1.25  # 120 -> 150 meV/Å
+    code, out = run(capsys, base, write(tmp_path / "worse", *worse))
+    assert code == 1 and "1 REGRESSION" in out
+    assert "chgnet/surrogate-of-finetune/n100/s0" in out.split("regressions:")[1]
+    assert "forces_rmse_mev_per_ang: 120 -> 150" in out
+    code, out = run(capsys, base, write(tmp_path / "fewer", *[r for r in records if r["run_id"] != student["run_id"]]))
+    assert code == 1 and "missing in candidate" in out.split("regressions:")[1]
+    assert "chgnet/surrogate-of-finetune" in out.split("regressions:")[1]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from bench.executors import Pool
-from tests.test_sweep_e2e import ROOT, bench, records
+from tests.test_sweep_e2e import BASE, ROOT, bench, records
 
-TINY_M3GNET = ["--models", "m3gnet", "--strategies", "finetune,freeze-interactions", "--sizes", "1,2",
+TINY_M3GNET = [*BASE, "--models", "m3gnet", "--strategies", "finetune,freeze-interactions", "--sizes", "1,2",
                "--seeds", "0", "--epochs", "1", "--batch-size", "2", "--pool-size", "4", "--val-size", "2",
                "--perf-structures", "0"]
 
@@ -123,7 +123,7 @@ def test_an_environment_that_cannot_be_built_fails_its_runs_and_others_continue(
     real = ROOT / ".venvs" / "chgnet"
     (env_dir / "chgnet").symlink_to(real)
     out = tmp_path / "res"
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--models", "m3gnet,chgnet", "--strategies",
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", *BASE, "--models", "m3gnet,chgnet", "--strategies",
                            "zero-shot", "--perf-structures", "0", "--executor", executor, "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "BENCH_ENV_DIR": str(env_dir)})
     assert proc.returncode == 0, proc.stderr

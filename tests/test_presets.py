@@ -26,6 +26,39 @@ def test_quick_is_the_default_and_makes_curves_of_three_sizes_and_two_seeds():
     assert not set(run.val_idx) & by_size[10]
 
 
+def test_quick_adds_lora_soft_freeze_replay_forgetting_and_a_surrogate():
+    plan = make_plan(SweepConfig.from_preset().override(models="m3gnet,chgnet"))
+    specs = [r.spec for r in plan.runs]
+    by = {}
+    for run in plan.runs:
+        by.setdefault((run.spec["model"], run.spec.get("strategy", run.spec["kind"])), []).append(run)
+    for model in ("m3gnet", "chgnet"):  # scratch: whole pool, both seeds; the extra strategies: seed 0
+        assert sorted((r.spec["train_size"], r.spec["seed"]) for r in by[(model, "scratch")]) == [(10, 0), (10, 1)]
+        for strategy in ("lora", "soft-freeze", "replay"):
+            assert [(r.spec["train_size"], r.spec["seed"]) for r in by[(model, strategy)]] == [(10, 0)]
+    lora = by[("m3gnet", "lora")][0].spec
+    assert lora["lora"] == {"rank": 8, "alpha": 16.0} and lora["freeze_k"] == 5  # all base weights
+    soft = by[("m3gnet", "soft-freeze")][0].spec
+    assert soft["train_config"]["lr_factors"] == soft["lr_factors"] == {"embedding": 0.01, "interaction": 0.1,
+                                                                        "readout": 1.0}
+    replay = by[("m3gnet", "replay")][0]
+    assert replay.spec["replay"]["dataset"] == "mlearn-Si" and len(replay.replay_idx) == 3  # ceil(0.3 * 10)
+    seed1 = make_plan(SweepConfig.from_preset().override(models="m3gnet", seeds=(1,), seeds_by_strategy={}))
+    assert next(r for r in seed1.runs if r.spec.get("strategy") == "replay").replay_idx != replay.replay_idx
+    assert max(replay.replay_idx) < len(plan.replay.pool)
+    # forgetting on every foundation start, never for scratch (no foundation) or zero-shot
+    assert all(s.get("forgetting", {}).get("n_structures") == 3 for s in specs
+               if s["kind"] == "train" and s["strategy"] not in ("scratch", "zero-shot"))
+    assert not any("forgetting" in s for s in specs if s.get("strategy") in ("scratch", "zero-shot"))
+    # the other strategies keep their spec fields (and so their run ids) unchanged
+    finetune = by[("m3gnet", "finetune")][0].spec
+    assert not {"lora", "lr_factors", "replay"} & set(finetune) and "lr_factors" not in finetune["train_config"]
+    (surrogate,) = by[("m3gnet", "surrogate")]
+    assert surrogate.spec["teacher_strategy"] == "freeze-interactions" and surrogate.spec["train_size"] == 10
+    assert surrogate.spec["student"]["architecture"]["units"] == 32 and ("chgnet", "surrogate") not in by
+    assert set(surrogate.train_idx) == set(by[("m3gnet", "finetune")][2].train_idx)  # seed 0, whole pool
+
+
 def test_paper_preset_covers_both_datasets_sizes_seeds_and_frozen_levels():
     cfg = SweepConfig.from_preset("paper")
     assert cfg.datasets == ("snap-NbMoTaW", "oc20-traj") and cfg.seeds == (0, 1, 2)
@@ -56,6 +89,12 @@ def test_user_preset_files(tmp_path, suffix):
     ('[sweep\nepochs = 3\n', "not valid TOML"),
     ('[sweep]\nepochs = 0\n', "at least 1 epoch"),
     ('[sweep]\ndevice = "gpu"\n', "--device 'gpu'"),
+    ('[sweep]\nstrategies = ["replay"]\n', "replay needs replay_dataset"),
+    ('[sweep]\nstrategies = ["lora"]\n[sweep.sizes_by_strategy]\nlorra = [1]\n', "unknown strategies ['lorra']. Did you mean 'lora'"),
+    ('[sweep]\nlora_rank = 0\n', "need rank >= 1"),
+    ('[sweep]\n[sweep.seeds_by_strategy]\nfinetune = 0\n', "the number of seeds (the first N of seeds), >= 1"),
+    ('[sweep]\nlr_factors = { embeding = 0.1 }\n', "keys embedding/interaction/readout"),
+    ('[surrogate]\nstudent_epoch = 3\n', "Did you mean 'student_epochs'"),
 ])
 def test_bad_preset_files_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "bad.toml"

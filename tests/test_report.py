@@ -104,7 +104,8 @@ def test_report_has_headline_first_lists_bad_runs_and_embeds_pngs(synthetic_stor
     line = next(x for x in md.splitlines() if x.startswith("| synth | chgnet (0.3.0) | finetune |"))
     assert "| 20 (20 %) | 20 (20 %) | 1.27×* | 1.08× |" in line and "| 40 s (2/2) |" in line
     assert "energy RMSE per atom × the mean number of atoms per test structure" in md
-    assert "1 failed" in md and "1 skipped" in md and "41 stored runs" in md
+    assert "2 failed" in md and "1 skipped" in md and "67 stored runs" in md  # a failed surrogate job too
+    assert "(1 timing job, 2 surrogate jobs)" in md
     assert "worker killed by SIGKILL (out of memory?)" in md and "checkpoint not cached" in md
     images = re.findall(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)
     assert len(images) == 4  # 2 learning curves, families, parity
@@ -145,7 +146,7 @@ def test_missing_predictions_are_noted_not_fatal(synthetic_store):
 def test_runs_under_different_settings_are_kept_apart_and_labelled(synthetic_store):
     records = Store(synthetic_store).all()
     longer = [json.loads(json.dumps(r)) for r in records
-              if r["spec"]["model"] == "chgnet" and r["spec"]["strategy"] == "finetune" and r["status"] == "ok"]
+              if r["spec"]["model"] == "chgnet" and r["spec"].get("strategy") == "finetune" and r["status"] == "ok"]
     for r in longer:
         r["spec"]["train_config"] = {"epochs": 8}
         r["metrics"]["forces_rmse_mev_per_ang"] /= 2
@@ -153,7 +154,8 @@ def test_runs_under_different_settings_are_kept_apart_and_labelled(synthetic_sto
     assert len([r for r in h.rows if r.key[2:5] == ("chgnet", "0.3.0", "finetune")]) == 2
     names = sorted(strategy_labels([r.key for r in h.rows if r.key.model == "chgnet"]).values())
     assert names == ["finetune [epochs=4]", "finetune [epochs=8]", "freeze-interactions [epochs=4]",
-                     "scratch [epochs=4]", "zero-shot"]
+                     "lora [epochs=4]", "replay [epochs=4]", "scratch [epochs=4]", "soft-freeze [epochs=4]",
+                     "zero-shot"]  # soft-freeze's lr_factors: one value, only it has them
     assert sorted(r.largest.mean(FORCES) for r in h.rows if r.key[2:5] == ("chgnet", "0.3.0", "finetune")) == [
         pytest.approx(47.5), pytest.approx(95)]
 
@@ -169,3 +171,151 @@ def test_performance_targets_are_judged_from_the_timing_job_and_the_sweep_log(sy
     assert "max 1.00 %" in prep and prep.endswith("| met |")
     sweep = next(x for x in section.splitlines() if x.startswith("| all |"))
     assert "25.0 min" in sweep and sweep.endswith("| ≤ 20 min | NOT met |")
+
+
+def section(sections, title):
+    return next(s for s in sections if s.title == title)
+
+
+def tables(sec):
+    return [part for kind, part in sec.parts if kind == "table"]
+
+
+def texts(sec):
+    return [part for kind, part in sec.parts if kind == "text"]
+
+
+def row(table, *lead):
+    return next(r for r in table[1] if r[:len(lead)] == list(lead))
+
+
+def test_new_strategies_show_in_headline_results_timing_and_curves(synthetic_store):
+    records = Store(synthetic_store).all()
+    r = rows(headline(records))
+    for model in ("chgnet", "m3gnet"):
+        for strategy in ("lora", "soft-freeze", "replay"):
+            assert r[model, strategy].largest.size == 100 and len(r[model, strategy].largest.records) == 2
+    assert r["chgnet", "soft-freeze"].largest.mean(FORCES) == pytest.approx(97)
+    assert r["chgnet", "soft-freeze"].step_ratio == pytest.approx(1.0)  # vs finetune, lr_factors aside
+    assert r["chgnet", "lora"].step_ratio == pytest.approx(0.6)
+    assert [r.key.strategy for r in headline(records).rows if r.key.model == "chgnet"] == [
+        "zero-shot", "scratch", "finetune", "freeze-interactions", "lora", "soft-freeze", "replay"]
+    sections = build_sections(records)
+    results = tables(section(sections, "Results per dataset, model, strategy and size"))[0]
+    lora = row(results, "synth", "chgnet (0.3.0)", "lora")
+    assert lora[3] == "all 6; LoRA adapters rank 8, alpha 16" and lora[-1] == "40 / 1,000"
+    soft = row(results, "synth", "m3gnet (M3GNet-MatPES-PBE-v2025.1-PES)", "soft-freeze")
+    assert soft[3] == "none; LR × 0.01 embedding, 0.1 interaction, 1 readout"
+    assert "replay of mlearn-Si" in row(results, "synth", "chgnet (0.3.0)", "replay")[3]
+    timing = tables(section(sections, "Timing and cost"))[0]
+    assert row(timing, "synth", "chgnet (0.3.0)", "lora", "100 (100 %)")[6] == "0.60×"
+    assert row(timing, "synth", "chgnet (0.3.0)", "soft-freeze", "100 (100 %)")[6] == "1.00×"
+
+
+def test_settings_of_new_strategies_split_curves_only_where_they_differ(synthetic_store):
+    records = Store(synthetic_store).all()
+    wider = [json.loads(json.dumps(r)) for r in records
+             if r["spec"]["model"] == "chgnet" and r["spec"].get("strategy") == "lora" and r["status"] == "ok"]
+    for r in wider:
+        r["spec"]["lora"] = {"rank": 16, "alpha": 32.0}
+    labels = strategy_labels(curves(records + wider))
+    chgnet = sorted(v for k, v in labels.items() if k.model == "chgnet")
+    assert chgnet == ["finetune", "freeze-interactions", "lora [lora.alpha=16.0, lora.rank=8]",
+                      "lora [lora.alpha=32.0, lora.rank=16]", "replay", "scratch", "soft-freeze", "zero-shot"]
+    assert len([k for k in labels if k.model == "chgnet" and k.strategy == "lora"]) == 2
+
+
+def test_physical_properties_tables_from_the_records(synthetic_store):
+    records = Store(synthetic_store).all()
+    sec = section(build_sections(records), "Physical properties")
+    assert "same strained cells as DFT" in texts(sec)[0] and "elemental bcc references" in texts(sec)[0]
+    assert "synth, Mo: elastic constants (cubic fit over 13 strained cells up to ±1 % strain); " \
+           "DFT: synthetic PBE." in texts(sec)
+    elastic, mixing, relax = tables(sec)
+    assert elastic[0][4:9] == ["a0 (Å)", "C11 (GPa)", "C12 (GPa)", "C44 (GPa)", "B (GPa)"]
+    assert elastic[1][0] == ["DFT", "", "", "", "3.160", "472", "158", "106", "263", ""]
+    # % error of the seed mean vs DFT, computed here from the records
+    ft = [r["properties"]["elastic"]["Mo"]["model"]["C11_gpa"] for r in records
+          if r["spec"].get("strategy") == "finetune" and r["spec"]["model"] == "chgnet"
+          and r["spec"]["train_size"] == 100 and r["status"] == "ok"]
+    assert len(ft) == 2
+    mean = sum(ft) / 2
+    cell = f"{mean:.0f} ± {abs(ft[0] - ft[1]) / 2:.0f} ({100 * (mean - 472) / 472:+.1f} %)"
+    ft_row = row(elastic, "chgnet (0.3.0)", "finetune", "100 (100 %)")
+    assert ft_row[5] == cell == "465 ± 1 (-1.5 %)" and ft_row[3] == "2"
+    assert row(elastic, "chgnet (0.3.0)", "zero-shot", "zero-shot")[5] == "453 (-4.0 %)"
+    assert row(elastic, "m3gnet (M3GNet-MatPES-PBE-v2025.1-PES)", "lora", "100 (100 %)")[5] == "484 ± 1 (+2.5 %)"
+    scratch = row(elastic, "chgnet (0.3.0)", "scratch")
+    assert scratch[3:9] == ["0", "–", "–", "–", "–", "–"]
+    assert scratch[9] == "error: elastic fit failed: stress not converged after 200 steps"  # first line only
+    partial = row(elastic, "chgnet (0.3.0)", "freeze-interactions", "100 (100 %)")
+    assert partial[3] == "1" and partial[9].startswith("1 of 2 seeds failed: elastic fit failed")
+    assert len(elastic[1]) == 1 + 2 * 7  # DFT + 2 models × 7 strategies at their largest size
+    assert mixing[1][0][:6] == ["DFT", "", "", "", "-45.0", "–"]
+    assert row(mixing, "chgnet (0.3.0)", "finetune", "100 (100 %)")[4:6] == ["-46.5 ± 1.0", "3.5 ± 0.5"]
+    assert relax[1][0][:5] == ["DFT", "", "", "", "-350.0"]
+    assert row(relax, "chgnet (0.3.0)", "soft-freeze", "100 (100 %)")[4:7] == ["-346.5 ± 1.0", "25.0 ± 1.0",
+                                                                             "18.0 ± 0.0"]
+    md = write_report(synthetic_store)[0].read_text()
+    assert md.index("## Timing and cost") < md.index("## Physical properties") < md.index("## Forgetting") \
+        < md.index("## Surrogate distillation") < md.index("## Performance targets")
+    assert "| chgnet (0.3.0) | finetune | 100 (100 %) | 2 | 3.144 ± 0.010 (-0.5 %) | 465 ± 1 (-1.5 %) |" in md
+
+
+def test_forgetting_table_from_the_records(synthetic_store):
+    sec = section(build_sections(Store(synthetic_store).all()), "Forgetting")
+    assert "0 = nothing forgotten" in texts(sec)[0] and "Held-out set: mlearn-Si, 6 structures." in texts(sec)
+    (table,) = tables(sec)
+    ft = row(table, "synth", "chgnet (0.3.0)", "finetune", "100 (100 %)")
+    assert ft[4:9] == ["2", "6.0 ± 0.1", "60.0 ± 1.2", "20.0 → 23.0 ± 0.1", "180.0 → 210.0 ± 0.6"]
+    assert row(table, "synth", "m3gnet (M3GNet-MatPES-PBE-v2025.1-PES)", "replay", "20 (20 %)")[6] == "4.5 ± 0.1"
+    assert {r[2] for r in table[1]} == {"finetune", "freeze-interactions", "lora", "soft-freeze", "replay"}
+    assert len(table[1]) == 2 * (2 * 3 + 3 * 2)  # no zero-shot, no scratch
+
+
+def test_surrogate_table_and_surrogates_stay_out_of_everything_else(synthetic_store):
+    records = Store(synthetic_store).all()
+    surrogate_ids = {r["run_id"] for r in records if r["spec"].get("kind") == "surrogate"}
+    assert len(surrogate_ids) == 2
+    assert not any(r["run_id"] in surrogate_ids for pts in curves(records).values() for p in pts for r in p.records)
+    h = headline(records)
+    assert {r.key.strategy for r in h.rows} == {"zero-shot", "scratch", "finetune", "freeze-interactions", "lora",
+                                               "soft-freeze", "replay"}
+    assert rows(h)["chgnet", "finetune"].inference_atoms_per_s == 1000  # not the student's 24,000 atoms/s
+    sections = build_sections(records)
+    sec = section(sections, "Surrogate distillation")
+    (table,) = tables(sec)
+    assert len(table[1]) == 1  # the ok one; the failed one is listed with the failures
+    (ok,) = table[1]
+    assert ok[:5] == ["synth", "chgnet (0.3.0) finetune, n=100, 1,000 params", "0",
+                      "M3GNet units=32 nblocks=2, 5,000 params", "180 (100 + 60 + 20)"]
+    assert ok[5:] == ["120.0 / 95.0 / 300.0", "8.0 / 5.0 / 50.0", "24,000 / 1,200 / 1,000", "20.0×", "24.0×",
+                      "8 (64 atoms)"]
+    assert any("md: structures 4, steps 20" in t for t in texts(sec))
+    for title in ("Headline", "Learning curves", "Families compared", "Parity: DFT vs predicted",
+                  "Results per dataset, model, strategy and size", "Errors per group of the test set",
+                  "Timing and cost", "Physical properties", "Forgetting", "Performance targets"):
+        text = json.dumps([p for kind, p in section(sections, title).parts if kind != "figure"], ensure_ascii=False)
+        assert "surrogate" not in text.lower() and "24,000" not in text, title
+    perf = tables(section(sections, "Performance targets"))[0]
+    assert row(perf, "chgnet")[2] == "max 1.00 %"  # the student's 50 % data share is not the adapter's
+    bad = tables(section(sections, "Failed, skipped and diverged runs"))[0][1]
+    assert ["synth", "m3gnet", "surrogate (teacher: freeze-interactions)", "100", "0", "failed",
+            "student training diverged at epoch 3 (validation loss nan)"] in bad
+    assert len(bad) == 3
+
+
+def test_new_sections_only_with_data(synthetic_store):
+    records = Store(synthetic_store).all()
+    plain = [{k: v for k, v in r.items() if k not in ("properties", "forgetting")} for r in records
+             if r["spec"].get("kind") != "surrogate" or r["status"] != "ok"]
+    titles = [s.title for s in build_sections(plain)]
+    assert not {"Physical properties", "Forgetting", "Surrogate distillation"} & set(titles)
+    assert titles[:2] == ["Summary", "Headline"] and "Failed, skipped and diverged runs" in titles
+    only_mixing = [json.loads(json.dumps(r)) for r in records]
+    for r in only_mixing:
+        if r.get("properties"):
+            r["properties"] = {"mixing": {"Mo-Nb": {"error": "no DFT reference"}}}
+    sec = section(build_sections(only_mixing), "Physical properties")
+    (mixing,) = tables(sec)
+    assert mixing[1][0][4] == "–" and row(mixing, "chgnet (0.3.0)", "finetune")[6] == "error: no DFT reference"

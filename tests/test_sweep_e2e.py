@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--models", "chgnet", "--sizes", "2", "--seeds", "0", "--epochs", "1", "--batch-size", "2",
+BASE = ["--preset", str(ROOT / "tests" / "presets" / "tiny.toml")]  # not `quick`: it grows
+TINY = [*BASE, "--models", "chgnet", "--sizes", "2", "--seeds", "0", "--epochs", "1", "--batch-size", "2",
         "--threads", "2", "--perf-structures", "0"]
 
 
@@ -27,7 +29,7 @@ def bench(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 def records(out: Path) -> dict[str, dict]:
     recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    return {f"{r['spec']['model']}/{r['spec'].get('strategy', 'perf')}": r for r in recs}
+    return {f"{r['spec']['model']}/{r['spec'].get('strategy', r['spec']['kind'])}": r for r in recs}
 
 
 def test_sweep_writes_records_and_a_report_from_them(tmp_path):
@@ -110,7 +112,7 @@ def test_worker_timeout_becomes_a_failed_record_and_the_sweep_continues(tmp_path
     (["--epochs", "0"], "at least 1 epoch"),
 ])
 def test_bad_arguments_fail_fast_with_a_suggestion(tmp_path, args, message):
-    proc = bench("run", "--dry-run", "--out", str(tmp_path), *args, check=False)
+    proc = bench("run", *BASE, "--dry-run", "--out", str(tmp_path), *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr
 
 
@@ -191,3 +193,74 @@ def test_elements_a_foundation_does_not_cover_skip_that_family_with_the_list(tmp
     assert {k: r["status"] for k, r in recs.items()} == {"m3gnet/zero-shot": "skipped", "m3gnet/finetune": "skipped"}
     assert "does not cover: Rn" in recs["m3gnet/zero-shot"]["reason"]
     assert "does not cover: Rn" in (out / "report.md").read_text()
+
+
+EXTRAS = """
+[sweep]
+models = "m3gnet"
+dataset = "mlearn-Mo"
+pool_size = 5
+val_size = 2
+sizes = ["100%"]
+strategies = ["zero-shot", "finetune", "lora", "soft-freeze", "replay"]
+seeds = [0]
+epochs = 2
+threads = 2
+replay_dataset = "mlearn-Si"
+forgetting_size = 2
+lr_factors = { embedding = 0.0 }
+
+[surrogate]
+model = "m3gnet"
+rattle_copies = 1
+md_structures = 1
+md_steps = 4
+md_every = 2
+student_epochs = 2
+speed_structures = 2
+"""
+
+
+def test_lora_soft_freeze_replay_surrogate_and_properties_end_to_end(tmp_path):
+    """The extra strategies, forgetting, property benchmarks and a distilled student, through
+    real M3GNet workers, into records and the report."""
+    preset = tmp_path / "extras.toml"
+    preset.write_text(EXTRAS)
+    out = tmp_path / "res"
+    bench("run", "--preset", str(preset), "--out", str(out))
+    recs = records(out)
+    assert {k: r["status"] for k, r in recs.items()} == {
+        f"m3gnet/{s}": "ok" for s in ("zero-shot", "finetune", "lora", "soft-freeze", "replay", "surrogate")}
+    surrogate = recs.pop("m3gnet/surrogate")
+    lora, soft, replay = recs["m3gnet/lora"], recs["m3gnet/soft-freeze"], recs["m3gnet/replay"]
+    # LoRA: only the adapters trained, merged back into the plain model without changing it
+    assert lora["lora"]["adapted_matrices"] > 10 and lora["lora"]["merge_max_abs_de_mev"] < 0.01
+    assert lora["parameters"]["total"] == recs["m3gnet/finetune"]["parameters"]["total"]
+    assert 0 < lora["parameters"]["trainable"] < lora["parameters"]["total"] / 5
+    # soft freeze: factor 0 for the embedding freezes it (fewer trainable than finetune)
+    assert soft["resolved_train_config"]["lr_factors"]["embedding"] == 0.0
+    # replay: ceil(0.5 x n training structures) foundation-labelled Si structures
+    assert replay["replay_structures"] == -(-replay["spec"]["train_size"] // 2)
+    assert replay["spec"]["replay"]["dataset"] == "mlearn-Si"
+    # forgetting: the same foundation before every strategy; training moved it
+    befores = {json.dumps(r["forgetting"]["dft_before"]) for r in (lora, soft, replay, recs["m3gnet/finetune"])}
+    assert len(befores) == 1
+    assert recs["m3gnet/finetune"]["forgetting"]["drift_forces_rmse_mev_per_ang"] > 0
+    assert "forgetting" not in recs["m3gnet/zero-shot"]
+    # properties: Mo elastic constants, DFT from the same strained cells
+    for rec in recs.values():
+        if rec["spec"]["kind"] == "train":
+            mo = rec["properties"]["elastic"]["Mo"]
+            assert 420 < mo["dft"]["C11_gpa"] < 500 and np.isfinite(mo["model"]["C44_gpa"])
+    # surrogate: labelled pool + rattled + MD, a much smaller student, speeds measured together
+    s = surrogate["surrogate"]
+    assert s["student"]["n_labelled"] == s["student"]["n_pool"] + s["student"]["n_rattled"] + s["student"]["n_md"]
+    n = surrogate["spec"]["train_size"]  # 1 rattled copy each; 4 MD steps, a snapshot every 2
+    assert (s["student"]["n_pool"], s["student"]["n_rattled"], s["student"]["n_md"]) == (n, n, 2)
+    assert s["student"]["parameters"]["total"] < s["teacher"]["parameters"]["total"] / 5
+    assert s["speed"]["speedup_vs_teacher"] == pytest.approx(
+        s["speed"]["student_atoms_per_s"] / s["speed"]["teacher_atoms_per_s"])
+    assert surrogate["metrics"]["forces_rmse_mev_per_ang"] == s["student"]["metrics"]["forces_rmse_mev_per_ang"]
+    report = (out / "report.md").read_text()
+    for section in ("## Physical properties", "## Forgetting", "## Surrogate distillation"):
+        assert section in report

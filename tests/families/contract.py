@@ -10,7 +10,9 @@ Checks: blocks match the registry and cover every parameter; ``predict`` agrees 
 library's calculator (energy, forces, stress); the dataset's stress convention agrees with
 the model (witness); trainable parameters shrink strictly with the freeze level; training
 keeps frozen blocks bit-identical, changes the readout and improves the forces; the E0
-refit solves its normal equation; scratch shares the architecture; seeds reproduce.
+refit solves its normal equation; scratch shares the architecture; seeds reproduce; LoRA
+trains only its adapters and merges back exactly; soft-freeze gives each block kind its LR;
+``label`` copies frames with the model's predictions.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import pytest
 import torch
 from ase import units
 
+from adapters import lora
 from adapters.training import TrainConfig, refit_reference_energies, train
 from adapters.training import _loss as training_loss
+from adapters.training import _param_groups as training_param_groups
 from adapters.training import _targets as training_targets
 from bench.registry import get_model, resolve_strategy
 from datasets import load_dataset
@@ -168,6 +172,52 @@ class AdapterContract:
         assert np.isfinite(ha.epochs[1]["train_loss"])
         assert ha.epochs[1]["train_loss"] == hb.epochs[1]["train_loss"]
         assert ha.epochs[1]["val_loss"] == hb.epochs[1]["val_loss"]
+
+    def test_lora_trains_only_its_adapters_and_merges_back_exactly(self, make, mo):
+        _, small = mo
+        adapter = make(seed=0)
+        plain = {n: p.shape for n, p in adapter.model_.named_parameters()}
+        start = adapter.predict(small[:2], stress=False).energy
+        later = tuple(p for _, kind, prefixes in adapter.block_layout() if kind in ("interaction", "readout")
+                      for p in prefixes)
+        adapter.freeze(len(get_model(self.family).blocks))
+        adapted = lora.inject(adapter.model_, later, rank=4, alpha=8)
+        assert adapted and adapter.blocks()  # adapters sit inside their blocks
+        trainable = {n for n, p in adapter.model_.named_parameters() if p.requires_grad}
+        assert trainable and all(".lora_" in n for n in trainable)
+        np.testing.assert_allclose(adapter.predict(small[:2], stress=False).energy, start, atol=1e-5)  # B = 0
+        base = {n: p.detach().clone() for n, p in adapter.model_.named_parameters() if n not in trainable}
+        train(adapter, small[:4], small[4:6], TrainConfig(epochs=2, batch_size=2, lr=1e-2))
+        assert all(torch.equal(p, base[n]) for n, p in adapter.model_.named_parameters() if n in base)
+        unmerged = adapter.predict(small[:2])
+        assert np.abs(unmerged.energy - start).max() > 1e-6, "training the adapters changed nothing"
+        assert lora.merge(adapter.model_) == len(adapted)
+        merged = adapter.predict(small[:2])
+        assert {n: p.shape for n, p in adapter.model_.named_parameters()} == plain  # plain model again
+        np.testing.assert_allclose(merged.energy, unmerged.energy, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(merged.forces, unmerged.forces, rtol=0, atol=1e-4)
+
+    def test_soft_freeze_gives_each_block_kind_its_learning_rate(self, make):
+        adapter = make().freeze(0)
+        factors = {"embedding": 0.0, "interaction": 0.1, "readout": 1.0}
+        groups = training_param_groups(adapter, TrainConfig(lr=2e-3, lr_factors=factors))
+        assert sorted(g["lr"] for g in groups) == pytest.approx([2e-4, 2e-3])
+        kind_of = {p: b.kind for b in adapter.blocks() for n, p in adapter.model_.named_parameters()
+                   if n.startswith(b.prefixes)}
+        for group in groups:
+            kinds = {kind_of[p] for p in group["params"]}
+            assert kinds == ({"interaction"} if group["lr"] < 1e-3 else {"readout"}), kinds
+        embedding = adapter.blocks()[0].prefixes
+        assert not any(p.requires_grad for n, p in adapter.model_.named_parameters() if n.startswith(embedding))
+
+    def test_label_copies_frames_with_the_model_predictions(self, foundation, mo):
+        frames = mo[1][:3]
+        labelled = foundation.label(frames, stress=True)
+        pred = foundation.predict(frames)
+        assert [a.calc.results["energy"] for a in labelled] == pytest.approx(pred.energy.tolist())
+        np.testing.assert_allclose(np.concatenate([a.calc.results["forces"] for a in labelled]), pred.forces)
+        assert labelled[0].info["group"] == frames[0].info["group"]
+        assert frames[0].calc.results["energy"] != labelled[0].calc.results["energy"]  # DFT kept
 
 
 class HotPathBenchmarks:

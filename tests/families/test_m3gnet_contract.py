@@ -80,6 +80,17 @@ class TestM3GNetContract(AdapterContract, HotPathBenchmarks):
         assert torch.equal(a.model_.data_std, foundation.model_.data_std)
         assert a.reference_energies() == foundation.reference_energies()
 
+    def test_student_is_a_small_m3gnet_for_the_given_elements(self, foundation, mo):
+        student = M3GNetAdapter(seed=0).load(student={"units": 16, "nblocks": 1, "dim_node_embedding": 16,
+                                                      "dim_edge_embedding": 16}, numbers=[42])
+        assert student.supported_numbers() == {42} and student.reference_energies() == {42: 0.0}
+        assert [b.kind for b in student.blocks()] == ["embedding", "interaction", "readout", "reference"]
+        assert student.parameter_counts()["total"] < foundation.parameter_counts()["total"] / 10
+        assert torch.equal(student.model_.data_std, foundation.model_.data_std)
+        assert np.isfinite(student.predict(mo[1][:2]).forces).all()
+        with pytest.raises(ValueError, match="unknown M3GNet setting"):
+            M3GNetAdapter().load(student={"unitz": 16}, numbers=[42])
+
     def test_the_mp_2021_checkpoint_has_the_same_layout(self, foundation):
         try:
             mp = M3GNetAdapter("M3GNet-MP-2021.2.8-PES").load()
