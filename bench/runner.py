@@ -111,8 +111,9 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset,
                                pool_size=cfg.pool_size or None) for seed in cfg.seeds}
     replay_order = {seed: tuple(int(i) for i in np.random.default_rng(seed).permutation(len(replay.pool)))
                     for seed in cfg.seeds} if replay is not None else {}
-    runs = []
+    runs: list[PlannedRun] = []
     for model in models:
+        first = len(runs)
         strategies = [resolve_strategy(name, model) for name in cfg.strategies]
         checkpoint = cfg.checkpoint_for(model.key, len(models)) or model.default_checkpoint
         base = {"schema_version": SCHEMA_VERSION, "kind": "train", "model": model.key,
@@ -147,7 +148,15 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset,
             n = min(cfg.perf_structures, len(dataset.test))
             spec = {**base, "kind": "perf", "n_structures": n}
             runs.append(PlannedRun(run_id(spec), spec, model, None, (), ()))
+        runs[first:] = sorted(runs[first:], key=_longest_first)
     return runs
+
+
+def _longest_first(run: PlannedRun) -> tuple:
+    """A model's runs, longest first (the surrogate job, then by training size) so parallel
+    slots finish together; its timing job last, when background environment builds are done."""
+    rank = {"surrogate": 0, "train": 1, "perf": 2}[run.spec["kind"]]
+    return rank, -run.spec.get("train_size", 0)
 
 
 def make_plan(cfg: SweepConfig) -> Plan:
