@@ -113,7 +113,7 @@ def labelled(
     if stress is not None:
         results["stress"] = stress
     atoms.calc = SinglePointCalculator(atoms, **results)
-    atoms.info.update(group=group, leak_group=leak_group, source=where)
+    atoms.info.update(group=group, leak_group=leak_group, source=atoms.info.get("source") or where)  # keep the origin
     return atoms
 
 
