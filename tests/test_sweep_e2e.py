@@ -243,8 +243,8 @@ def test_lora_soft_freeze_replay_surrogate_and_properties_end_to_end(tmp_path):
     assert replay["replay_structures"] == -(-replay["spec"]["train_size"] // 2)
     assert replay["spec"]["replay"]["dataset"] == "mlearn-Si"
     # forgetting: the same foundation before every strategy; training moved it
-    befores = {json.dumps(r["forgetting"]["dft_before"]) for r in (lora, soft, replay, recs["m3gnet/finetune"])}
-    assert len(befores) == 1
+    befores = [r["forgetting"]["dft_before"] for r in (lora, soft, replay, recs["m3gnet/finetune"])]
+    assert all(b == pytest.approx(befores[0], rel=1e-6) for b in befores[1:])  # threads: last digits
     assert recs["m3gnet/finetune"]["forgetting"]["drift_forces_rmse_mev_per_ang"] > 0
     assert "forgetting" not in recs["m3gnet/zero-shot"]
     # properties: Mo elastic constants, DFT from the same strained cells
