@@ -156,6 +156,10 @@ class Adapter(abc.ABC):
             raise AssertionError(msg)
         return blocks
 
+    def block_prefixes(self, *kinds: str) -> tuple[str, ...]:
+        """Parameter-name prefixes of every block of the given kinds."""
+        return tuple(p for _, kind, prefixes in self.block_layout() if kind in kinds for p in prefixes)
+
     def freeze(self, k: int, *, train_reference: bool = False) -> Self:
         """Freeze the first ``k`` non-reference blocks; the reference block trains only if asked."""
         layout = self.block_layout()

@@ -1,4 +1,4 @@
-"""Surrogate distillation pieces: more structures for a teacher to label, and speed.
+"""Surrogate distillation pieces: more structures for a teacher to label.
 
 The reference study's third result: a fine-tuned foundation labels structures for a much
 cheaper model. The teacher's labelling pool here is the training pool plus rattled copies
@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ase import Atoms
-
-    from adapters.base import Adapter
 
 
 def _unlabelled(atoms: Atoms) -> Atoms:
@@ -68,17 +65,3 @@ def md_snapshots(calculator, frames: Sequence[Atoms], *, steps: int, every: int,
             snap.info["group"] = f"{atoms.info.get('group', '')}+md"
             out.append(snap)
     return out
-
-
-def atoms_per_second(models: dict[str, Adapter], frames: Sequence[Atoms], *, stress: bool,
-                     repeats: int = 3) -> dict[str, float]:
-    """Inference throughput (graph building included) of each model on the same frames,
-    interleaved and best of ``repeats`` so machine load hits all alike."""
-    n_atoms = sum(len(a) for a in frames)
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(repeats):
-        for name, adapter in models.items():
-            t0 = time.perf_counter()
-            adapter.predict(frames, stress=stress)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: n_atoms / seconds for name, seconds in best.items()}

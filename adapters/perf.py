@@ -22,7 +22,7 @@ import torch
 from bench.metrics import EV_PER_A3_TO_GPA
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ase import Atoms
 
@@ -61,6 +61,28 @@ def _calculator_loop(calc, frames: Sequence[Atoms], stress: bool) -> dict[str, n
             "stress": np.array(stresses) if stress else None}
 
 
+def best_of(ways: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Each way's best wall time over ``repeats`` interleaved rounds, and its last output:
+    interleaving spreads warm-up and machine-load drifts over all ways alike."""
+    best, out = dict.fromkeys(ways, float("inf")), {}
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, out
+
+
+def atoms_per_second(models: dict[str, Adapter], frames: Sequence[Atoms], *, stress: bool,
+                     repeats: int = 3) -> dict[str, float]:
+    """Inference throughput (graph building included) of each model on the same frames
+    (a surrogate's student, teacher and foundation), interleaved, best of ``repeats``."""
+    n_atoms = sum(len(a) for a in frames)
+    ways = {name: (lambda m=m: m.predict(frames, stress=stress)) for name, m in models.items()}
+    best, _ = best_of(ways, repeats)
+    return {name: n_atoms / seconds for name, seconds in best.items()}
+
+
 def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: bool,
                           repeats: int = 3) -> dict:
     """Seconds per structure both ways, their ratio and their agreement. The three ways are
@@ -76,12 +98,7 @@ def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: 
     ways = {"batched": lambda: adapter.predict(frames, stress=stress),
             "featurized": lambda: adapter.predict(frames, stress=stress, graphs=graphs),
             "calculator": lambda: _calculator_loop(calc, frames, stress)}
-    best, out = dict.fromkeys(ways, float("inf")), {}
-    for _ in range(repeats):
-        for name, fn in ways.items():
-            t0 = time.perf_counter()
-            out[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best, out = best_of(ways, repeats)
     pred, ref = out["batched"], out["calculator"]
     per_atom = np.array([len(a) for a in frames])
     result = {

@@ -97,8 +97,8 @@ def run_perf(job: dict) -> dict:
             "parameters": adapter.parameter_counts()}
 
 
-def _predictions(adapter, frames, *, stress: bool) -> dict:
-    p = adapter.predict(frames, stress=stress)
+def _predictions(adapter, frames, *, stress: bool, graphs: list | None = None) -> dict:
+    p = adapter.predict(frames, stress=stress, graphs=graphs)
     return {"energy": p.energy, "forces": p.forces, "stress": p.stress, "n_atoms": p.n_atoms}
 
 
@@ -152,7 +152,8 @@ def run_job(job: dict, progress) -> dict:
     strategy = job["strategy"]
     other = job["data"].get("replay")
     forget_frames = _read_frames(other["test"])[: job["forgetting"]["n_structures"]] if job.get("forgetting") else []
-    replay_frames = [_read_frames(other["pool"])[i] for i in other["train"]] if job.get("replay") else []
+    replay_pool = _read_frames(other["pool"]) if job.get("replay") else []
+    replay_frames = [replay_pool[i] for i in other["train"]] if replay_pool else []
 
     t0 = time.perf_counter()
     adapter = cls(job["checkpoint"], device=job["device"], seed=job["seed"])
@@ -177,9 +178,7 @@ def run_job(job: dict, progress) -> dict:
         e0 = job["e0_policy"]
         adapter.freeze(job["freeze_k"], train_reference=e0 == "train")
         if job.get("lora"):
-            later = tuple(p for _, kind, prefixes in adapter.block_layout() if kind in ("interaction", "readout")
-                          for p in prefixes)
-            adapted = lora.inject(adapter.model_, later, rank=job["lora"]["rank"], alpha=job["lora"]["alpha"])
+            adapted = lora.inject(adapter.model_, adapter.block_prefixes("interaction", "readout"), rank=job["lora"]["rank"], alpha=job["lora"]["alpha"])
             if not adapted:
                 return {**result, "status": "skipped", "reason": f"{adapter.family}: no weight matrix "
                         f"larger than rank {job['lora']['rank']} in its interaction/readout blocks"}
@@ -219,10 +218,8 @@ def run_job(job: dict, progress) -> dict:
     test_graphs = [adapter.featurize(a) for a in test]
     ref = _labels(test)
     t0 = time.perf_counter()  # stress only where the labels have it (not for OC20 slabs)
-    preds = adapter.predict(test, stress=ref["stress"] is not None, graphs=test_graphs)
+    pred = _predictions(adapter, test, stress=ref["stress"] is not None, graphs=test_graphs)
     timing["test_predict_s"] = time.perf_counter() - t0
-    pred = {"energy": preds.energy, "forces": preds.forces, "stress": preds.stress,
-            "n_atoms": preds.n_atoms}
     result["metrics"] = error_metrics(pred, ref, [a.info["group"] for a in test])
     np.savez_compressed(job["predictions_path"], **{f"pred_{k}": v for k, v in pred.items() if v is not None},
                         **{f"ref_{k}": v for k, v in ref.items() if v is not None},
@@ -230,7 +227,7 @@ def run_job(job: dict, progress) -> dict:
     if job.get("properties"):
         t0 = time.perf_counter()
         try:
-            result["properties"] = _properties(job, adapter, pool, test, preds.energy)
+            result["properties"] = _properties(job, adapter, pool, test, pred["energy"])
         except Exception as exc:  # a property definition problem must not lose the run
             result["properties_error"] = f"{type(exc).__name__}: {exc}"
         timing["properties_s"] = time.perf_counter() - t0
@@ -243,7 +240,8 @@ def run_surrogate(job: dict, progress) -> dict:
     """Teacher (foundation fine-tuned as the job says) labels the pool, rattled copies and MD
     snapshots; a small student of the family trains on those labels from scratch."""
     from adapters.base import CheckpointUnavailable  # noqa: PLC0415
-    from adapters.distill import atoms_per_second, md_snapshots, rattled  # noqa: PLC0415
+    from adapters.distill import md_snapshots, rattled  # noqa: PLC0415
+    from adapters.perf import atoms_per_second  # noqa: PLC0415
     from adapters.training import TrainConfig, refit_reference_energies, train  # noqa: PLC0415
 
     cls = _adapter_class(job["adapter"])

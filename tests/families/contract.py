@@ -178,10 +178,8 @@ class AdapterContract:
         adapter = make(seed=0)
         plain = {n: p.shape for n, p in adapter.model_.named_parameters()}
         start = adapter.predict(small[:2], stress=False).energy
-        later = tuple(p for _, kind, prefixes in adapter.block_layout() if kind in ("interaction", "readout")
-                      for p in prefixes)
         adapter.freeze(len(get_model(self.family).blocks))
-        adapted = lora.inject(adapter.model_, later, rank=4, alpha=8)
+        adapted = lora.inject(adapter.model_, adapter.block_prefixes("interaction", "readout"), rank=4, alpha=8)
         assert adapted and adapter.blocks()  # adapters sit inside their blocks
         trainable = {n for n, p in adapter.model_.named_parameters() if p.requires_grad}
         assert trainable and all(".lora_" in n for n in trainable)
