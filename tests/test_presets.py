@@ -112,3 +112,15 @@ def test_unknown_or_missing_presets(tmp_path, capsys):
         load_preset("quik")
     assert main(["run", "--preset", str(tmp_path / "none.toml"), "--dry-run"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_quick_computes_properties_for_zero_shot_and_each_strategy_s_largest_size():
+    from bench.runner import _wants_properties
+
+    cfg = SweepConfig.from_preset().override(models="m3gnet")
+    wanted = {(r.spec["strategy"], r.spec["train_size"]): _wants_properties(r.spec, cfg)
+              for r in make_plan(cfg).runs if r.spec["kind"] == "train"}
+    assert wanted[("zero-shot", 0)] and wanted[("finetune", 10)] and wanted[("lora", 10)]
+    assert not wanted[("finetune", 1)] and not wanted[("freeze-interactions", 2)]
+    assert all(_wants_properties(r.spec, cfg.override(properties="all")) for r in make_plan(cfg).runs
+               if r.spec["kind"] == "train")
