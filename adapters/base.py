@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from ase import Atoms
 
 
-class CheckpointUnavailable(RuntimeError):  # noqa: N818 - reads as a status
+class CheckpointUnavailable(RuntimeError):
     """The foundation checkpoint cannot be had here; the message says how to supply it."""
 
 
-class UnsupportedElements(ValueError):  # noqa: N818
+class UnsupportedElements(ValueError):
     """The model has no parameters for some elements of the dataset."""
 
 
@@ -133,7 +133,7 @@ class Adapter(abc.ABC):
              numbers: Sequence[int] = ()) -> Self:
         """The foundation, its architecture with random weights (``scratch``), or a small
         ``student`` architecture (hyperparameters of the family) for the elements ``numbers``."""
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.manual_seed(self.seed)
         self.scratch_ = scratch or student is not None
@@ -188,7 +188,7 @@ class Adapter(abc.ABC):
         present = {int(z) for a in frames for z in a.numbers}
         missing = sorted(present - self.supported_numbers())
         if missing:
-            from ase.data import chemical_symbols  # noqa: PLC0415
+            from ase.data import chemical_symbols
 
             names = ", ".join(chemical_symbols[z] for z in missing)
             raise UnsupportedElements(f"{self.family} ({self.checkpoint}) does not cover: {names}")
@@ -233,7 +233,7 @@ class Adapter(abc.ABC):
     def label(self, frames: Sequence[Atoms], *, stress: bool) -> list[Atoms]:
         """Copies of ``frames`` carrying this model's predictions as their labels (a
         foundation's replay labels, a teacher's distillation labels)."""
-        from ase.calculators.singlepoint import SinglePointCalculator  # noqa: PLC0415
+        from ase.calculators.singlepoint import SinglePointCalculator
 
         pred = self.predict(frames, stress=stress)
         bounds = np.concatenate([[0], np.cumsum(pred.n_atoms)])
@@ -248,7 +248,7 @@ class Adapter(abc.ABC):
         return labelled
 
     def save(self, path: Path) -> Path:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.save(self.model_.state_dict(), path)
         return path

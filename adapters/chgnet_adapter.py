@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from adapters.base import Adapter, CheckpointUnavailable
+from bench.core.metrics import EV_PER_A3_TO_GPA
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-GPA_PER_EV_PER_A3 = 160.21766208
 PRETRAINED = ("0.3.0", "0.2.0", "r2scan")
 
 
@@ -39,7 +39,7 @@ class CHGNetAdapter(Adapter):
     predict_batch_size = 2
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
-        from chgnet.model import CHGNet  # noqa: PLC0415
+        from chgnet.model import CHGNet
 
         if self.checkpoint in PRETRAINED:
             model = CHGNet.load(model_name=self.checkpoint, use_device="cpu", verbose=False)
@@ -71,12 +71,12 @@ class CHGNetAdapter(Adapter):
         return layout
 
     def ase_calculator(self):
-        from chgnet.model.dynamics import CHGNetCalculator  # noqa: PLC0415
+        from chgnet.model.dynamics import CHGNetCalculator
 
         return CHGNetCalculator(copy.deepcopy(self.model_), use_device=self.device)
 
     def featurize(self, atoms: Atoms) -> Any:
-        from pymatgen.core import Lattice, Structure  # noqa: PLC0415
+        from pymatgen.core import Lattice, Structure
 
         structure = Structure(Lattice(atoms.cell[:]), atoms.get_chemical_symbols(),
                               atoms.positions, coords_are_cartesian=True)
@@ -89,7 +89,7 @@ class CHGNetAdapter(Adapter):
         n_atoms = out["atoms_per_graph"].to(out["e"].dtype)
         result = {"energy": out["e"] * n_atoms, "forces": torch.cat(out["f"], dim=0)}
         if stress:
-            result["stress"] = torch.stack(out["s"]).reshape(-1, 3, 3) / GPA_PER_EV_PER_A3
+            result["stress"] = torch.stack(out["s"]).reshape(-1, 3, 3) / EV_PER_A3_TO_GPA
         return result
 
     def reference_energies(self) -> dict[int, float]:

@@ -49,9 +49,9 @@ def rattled(frames: Sequence[Atoms], *, copies: int, stdev_ang: float, strain: f
 def md_snapshots(calculator, frames: Sequence[Atoms], *, steps: int, every: int, temperature_k: float,
                  rng: np.random.Generator, timestep_fs: float = 2.0) -> list[Atoms]:
     """Snapshots every ``every`` steps of Langevin MD at ``temperature_k`` driven by ``calculator``."""
-    from ase import units  # noqa: PLC0415
-    from ase.md.langevin import Langevin  # noqa: PLC0415
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution  # noqa: PLC0415
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     out = []
     for atoms in frames:

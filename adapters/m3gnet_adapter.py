@@ -28,11 +28,11 @@ import torch
 from adapters.base import Adapter, CheckpointUnavailable
 from adapters.offline import reachable
 from bench import PROJECT_ROOT
+from bench.core.metrics import EV_PER_A3_TO_GPA
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-GPA_PER_EV_PER_A3 = 160.21766208
 HF_HOST = "huggingface.co"
 
 
@@ -47,7 +47,7 @@ def _weights_dirs() -> list[Path]:
 
 def _fresh(potential, model_args: dict, element_refs: torch.Tensor):
     """A new Potential around a randomly initialised M3GNet, with the foundation's scaling."""
-    from matgl.apps.pes import Potential  # noqa: PLC0415
+    from matgl.apps.pes import Potential
 
     model = type(potential.model)(**model_args)
     options = {k: v for k, v in potential._init_args.items()
@@ -67,7 +67,7 @@ class M3GNetAdapter(Adapter):
     reference_is_parameter = False  # AtomRef.property_offset is a buffer
 
     def _load_potential(self):
-        import matgl  # noqa: PLC0415
+        import matgl
 
         ckpt = Path(self.checkpoint).expanduser()
         if ckpt.is_dir():
@@ -95,7 +95,7 @@ class M3GNetAdapter(Adapter):
             f"M3GNet checkpoint {self.checkpoint!r} is {where}, and {hub}; {how}")
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
-        from matgl.layers import AtomRef  # noqa: PLC0415
+        from matgl.layers import AtomRef
 
         potential = self._load_potential()
         if potential.element_refs is None:  # references live here; give them a buffer
@@ -109,9 +109,9 @@ class M3GNetAdapter(Adapter):
     def _build_student(self, architecture: dict, numbers: list[int]) -> torch.nn.Module:
         """The foundation's M3GNet hyperparameters overridden by ``architecture`` (e.g. units,
         nblocks, threebody_cutoff), for the given elements only; E0 zero (refit it)."""
-        import inspect  # noqa: PLC0415
+        import inspect
 
-        from ase.data import chemical_symbols  # noqa: PLC0415
+        from ase.data import chemical_symbols
 
         potential = self._load_potential()
         known = set(inspect.signature(type(potential.model).__init__).parameters) - {"self", "kwargs"}
@@ -135,21 +135,21 @@ class M3GNetAdapter(Adapter):
         return layout
 
     def ase_calculator(self):
-        from matgl.ext.ase import PESCalculator  # noqa: PLC0415
+        from matgl.ext.ase import PESCalculator
 
         # PESCalculator leaves the potential as it is (and a used Potential holds non-leaf
         # tensors that cannot be deep-copied), so it gets the model itself
         return PESCalculator(self.model_, stress_unit="eV/A3")
 
     def featurize(self, atoms: Atoms) -> Any:
-        from matgl.ext.ase import Atoms2Graph  # noqa: PLC0415
+        from matgl.ext.ase import Atoms2Graph
 
         model = self.model_.model
         graph, lattice, _ = Atoms2Graph(model.element_types, model.cutoff).get_graph(atoms)
         return graph.to(self.device), lattice.to(self.device)
 
     def collate(self, graphs: list) -> Any:
-        from torch_geometric.data import Batch  # noqa: PLC0415
+        from torch_geometric.data import Batch
 
         # as matgl.graph.data.collate_fn_graph, without labels
         return (Batch.from_data_list([g for g, _ in graphs]),
@@ -164,11 +164,11 @@ class M3GNetAdapter(Adapter):
             self.model_.calc_stresses = calc_stresses
         result = {"energy": energy.reshape(-1), "forces": forces}
         if stress:
-            result["stress"] = stresses.reshape(-1, 3, 3) / GPA_PER_EV_PER_A3
+            result["stress"] = stresses.reshape(-1, 3, 3) / EV_PER_A3_TO_GPA
         return result
 
     def _symbols_to_numbers(self) -> list[int]:
-        from ase.data import atomic_numbers  # noqa: PLC0415
+        from ase.data import atomic_numbers
 
         return [atomic_numbers[s] for s in self.model_.model.element_types]
 

@@ -61,7 +61,7 @@ MP_HIDDEN = {"small": "128x0e", "medium": "128x0e + 128x1o"}
 
 def mace_mp_name(checkpoint: str) -> str | None:
     """The ``mace_mp_urls`` key a checkpoint name stands for (None: not a name)."""
-    from mace.calculators.foundations_models import mace_mp_urls  # noqa: PLC0415
+    from mace.calculators.foundations_models import mace_mp_urls
 
     key = ALIASES.get(checkpoint, checkpoint)
     return key if key in mace_mp_urls else None
@@ -69,8 +69,8 @@ def mace_mp_name(checkpoint: str) -> str | None:
 
 def cache_path(key: str) -> Path:
     """Where ``download_mace_mp_checkpoint(key)`` keeps (or would keep) the file."""
-    from mace.calculators.foundations_models import local_model_path, mace_mp_urls  # noqa: PLC0415
-    from mace.tools.utils import get_cache_dir  # noqa: PLC0415
+    from mace.calculators.foundations_models import local_model_path, mace_mp_urls
+    from mace.tools.utils import get_cache_dir
 
     if key == "medium-mpa-0" and os.path.isfile(local_model_path):
         return Path(local_model_path)
@@ -80,9 +80,10 @@ def cache_path(key: str) -> Path:
 
 def default_mp_model(size: str = "small") -> torch.nn.Module:
     """A randomly initialised ScaleShiftMACE shaped like MACE-MP-0 ``small``/``medium``."""
-    # mace first: importing it lets e3nn 0.4.4 load its constants on torch >= 2.6
-    from e3nn import o3  # noqa: PLC0415
-    from mace import modules  # noqa: PLC0415
+    from mace import modules  # first: importing mace lets e3nn 0.4.4 load its constants on torch >= 2.6
+
+    # isort: split
+    from e3nn import o3
 
     residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     return modules.ScaleShiftMACE(
@@ -107,7 +108,7 @@ class MACEAdapter(Adapter):
 
     # -- loading --------------------------------------------------------------------------
     def _checkpoint_file(self) -> Path:
-        from mace.calculators.foundations_models import (  # noqa: PLC0415
+        from mace.calculators.foundations_models import (
             download_mace_mp_checkpoint,
             mace_mp_urls,
         )
@@ -136,9 +137,9 @@ class MACEAdapter(Adapter):
                 f"downloading MACE checkpoint {self.checkpoint!r} failed ({exc}); {hint}") from exc
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
-        from mace.calculators.foundations_models import mace_mp  # noqa: PLC0415
-        from mace.tools.scripts_utils import extract_config_mace_model  # noqa: PLC0415
-        from mace.tools.torch_tools import default_dtype  # noqa: PLC0415
+        from mace.calculators.foundations_models import mace_mp
+        from mace.tools.scripts_utils import extract_config_mace_model
+        from mace.tools.torch_tools import default_dtype
 
         try:
             path = self._checkpoint_file()
@@ -184,14 +185,14 @@ class MACEAdapter(Adapter):
         return index, heads[index]
 
     def ase_calculator(self):
-        from mace.calculators import MACECalculator  # noqa: PLC0415
+        from mace.calculators import MACECalculator
 
         return MACECalculator(models=copy.deepcopy(self.model_), device=self.device, default_dtype="float32")
 
     def featurize(self, atoms: Atoms) -> Any:
-        from mace import data  # noqa: PLC0415
-        from mace.tools import utils  # noqa: PLC0415
-        from mace.tools.torch_tools import default_dtype  # noqa: PLC0415
+        from mace import data
+        from mace.tools import utils
+        from mace.tools.torch_tools import default_dtype
 
         z_table = utils.AtomicNumberTable([int(z) for z in self.model_.atomic_numbers])
         with default_dtype("float32"):
@@ -203,7 +204,7 @@ class MACEAdapter(Adapter):
         return graph.to(self.device)
 
     def collate(self, graphs: list) -> Any:
-        from mace.tools import torch_geometric  # noqa: PLC0415
+        from mace.tools import torch_geometric
 
         return torch_geometric.Batch.from_data_list(graphs).to(self.device)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from bench.metrics import EV_PER_A3_TO_GPA
+from bench.core.metrics import EV_PER_A3_TO_GPA
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.metrics import EV_PER_A3_TO_GPA
+from bench.core.metrics import EV_PER_A3_TO_GPA
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,7 +45,7 @@ VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 _SOURCE_INDEX = re.compile(r"^(.*)\[(\d+)\]$")
 
 
-class _Unavailable(Exception):  # noqa: N818
+class _Unavailable(Exception):
     """One system cannot be computed; becomes that system's ``{"error": ...}`` entry."""
 
 
@@ -137,7 +137,7 @@ def _tensor(v: np.ndarray, *, strain: bool) -> np.ndarray:
     return t
 
 
-def _polar(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+def _polar(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """F = R U (R rotation, U symmetric stretch) from the SVD F = W S V^T."""
     w, s, vt = np.linalg.svd(F)
     return w @ vt, vt.T @ np.diag(s) @ vt
@@ -152,8 +152,8 @@ def strain_and_stress(ref: Atoms, atoms: Atoms, stress_voigt: np.ndarray) -> tup
     That way a cell that was strained *and* rotated (or stored in another orientation) is
     compared with the others in one frame.
     """
-    F = np.linalg.solve(ref.cell[:], atoms.cell[:]).T  # noqa: N806
-    R, U = _polar(F)  # noqa: N806
+    F = np.linalg.solve(ref.cell[:], atoms.cell[:]).T
+    R, U = _polar(F)
     eps = _voigt(U - np.eye(3), strain=True)
     sigma = R.T @ _tensor(np.asarray(stress_voigt, dtype=float), strain=False) @ R
     return eps, _voigt(sigma, strain=False)
@@ -184,7 +184,7 @@ def _design(eps: np.ndarray, symmetry: str) -> np.ndarray:
 
 
 def _c_matrix(params: np.ndarray, symmetry: str) -> np.ndarray:
-    C = np.zeros((6, 6))  # noqa: N806
+    C = np.zeros((6, 6))
     if symmetry == "cubic":
         c11, c12, c44 = params
         C[:3, :3] = c12
@@ -205,7 +205,7 @@ def fit_elastic(eps: np.ndarray, sigma_gpa: np.ndarray, symmetry: str, *, v_ref:
     reference need not be exactly relaxed, and gives the zero-stress strain
     eps0 = -C^-1 sigma0, hence V0 = V_ref det(I + eps0) and the lattice constant.
     """
-    A = _design(eps, symmetry)  # noqa: N806
+    A = _design(eps, symmetry)
     b = sigma_gpa.reshape(-1)
     n_c = A.shape[1] - 6
     scaled = A.copy()
@@ -221,7 +221,7 @@ def fit_elastic(eps: np.ndarray, sigma_gpa: np.ndarray, symmetry: str, *, v_ref:
     params, *_ = np.linalg.lstsq(A, b, rcond=None)
     if not np.isfinite(params).all():
         raise _Unavailable(f"elastic {system}: the fit is not finite (non-finite stresses?)")
-    C = _c_matrix(params[:n_c], symmetry)  # noqa: N806
+    C = _c_matrix(params[:n_c], symmetry)
     sigma0 = params[n_c:]
     try:
         eps0 = -np.linalg.solve(C, sigma0)
@@ -264,7 +264,7 @@ def _elastic_cells(entry: dict, frames: list[Atoms], max_strain: float) -> tuple
         raise _Unavailable(f"elastic {system}: reference {ref.info.get('source')} is not a periodic 3D cell")
     kept = []
     for a in cells:
-        _, U = _polar(np.linalg.solve(ref.cell[:], a.cell[:]).T)  # noqa: N806
+        _, U = _polar(np.linalg.solve(ref.cell[:], a.cell[:]).T)
         if np.abs(U - np.eye(3)).max() <= max_strain:
             kept.append(a)
     return ref, kept
@@ -334,7 +334,8 @@ def _mixing_selection(spec: dict, frames: list[Atoms]) -> list[tuple[dict, tuple
             for el, group in entry["references"].items():
                 members = [a for a in frames if a.info.get("group") == group and _dft(a, "stress") is not None]
                 if not members:
-                    raise _Unavailable(f"mixing {system}: reference group {group!r} for {el} has no frames with DFT stress")
+                    raise _Unavailable(f"mixing {system}: reference group {group!r} for {el} has no frames "
+                                       "with DFT stress")
                 ref = _reference_frame(members)
                 if set(ref.get_chemical_symbols()) != {el}:
                     raise _Unavailable(f"mixing {system}: reference {ref.info.get('source')} of group {group!r} "

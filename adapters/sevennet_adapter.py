@@ -65,7 +65,7 @@ class SevenNetAdapter(Adapter):
     predict_batch_size = 1
 
     def _checkpoint_path(self) -> str:
-        from sevenn import util  # noqa: PLC0415
+        from sevenn import util
 
         if Path(self.checkpoint).is_file():
             return str(self.checkpoint)
@@ -80,8 +80,8 @@ class SevenNetAdapter(Adapter):
             ) from err
 
     def _build(self, *, scratch: bool) -> torch.nn.Module:
-        from sevenn import util  # noqa: PLC0415
-        from sevenn.model_build import build_E3_equivariant_model  # noqa: PLC0415
+        from sevenn import util
+        from sevenn.model_build import build_E3_equivariant_model
 
         checkpoint = util.load_checkpoint(self._checkpoint_path())
         config = copy.deepcopy(checkpoint.config)  # build_model writes into cp.config
@@ -120,24 +120,24 @@ class SevenNetAdapter(Adapter):
         return self
 
     def ase_calculator(self):
-        from sevenn.calculator import SevenNetCalculator  # noqa: PLC0415
+        from sevenn.calculator import SevenNetCalculator
 
         return SevenNetCalculator(copy.deepcopy(self.model_), device=self.device)
 
     def featurize(self, atoms: Atoms) -> Any:
-        from sevenn.atom_graph_data import AtomGraphData  # noqa: PLC0415
-        from sevenn.train.dataload import unlabeled_atoms_to_graph  # noqa: PLC0415
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
 
         graph = unlabeled_atoms_to_graph(atoms, self.cutoff_, with_shift=False)
         return AtomGraphData.from_numpy_dict(graph).to(self.device)
 
     def collate(self, graphs: list) -> Any:
-        from torch_geometric.data import Batch  # noqa: PLC0415
+        from torch_geometric.data import Batch
 
         return Batch.from_data_list(graphs)  # a copy: the graphs stay untouched
 
     def forward_batch(self, batch: Any, *, stress: bool) -> dict[str, torch.Tensor]:
-        import sevenn._keys as KEY  # noqa: N812, PLC0415
+        import sevenn._keys as KEY
 
         out = self.model_(batch)
         result = {"energy": out[KEY.PRED_TOTAL_ENERGY], "forces": out[KEY.PRED_FORCE]}

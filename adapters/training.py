@@ -22,6 +22,11 @@ import numpy as np
 import torch
 from ase import units
 
+from bench.core.contract import TrainConfig
+from datasets.labels import has_stress
+
+__all__ = ["Diverged", "History", "TrainConfig", "refit_reference_energies", "train"]
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -30,36 +35,12 @@ if TYPE_CHECKING:
     from adapters.base import Adapter
 
 
-class Diverged(RuntimeError):  # noqa: N818 - reads as a status
+class Diverged(RuntimeError):
     """The loss became NaN/inf or exploded; ``epoch`` says when."""
 
     def __init__(self, epoch: int, loss: float):
         super().__init__(f"loss diverged at epoch {epoch} (loss={loss})")
         self.epoch = epoch
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings shared by every family (stored in every record)."""
-
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 1e-3
-    lr_min_factor: float = 0.05
-    weight_decay: float = 0.0
-    energy_weight: float = 1.0
-    forces_weight: float = 1.0
-    stress_weight: float = 0.1
-    patience: int = 5
-    max_time_s: float = 1800.0
-    explode_factor: float = 1e4
-    lr_factors: dict | None = None  # block kind -> LR factor (0 freezes), as mace --lr_params_factors
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs}: training needs at least 1 epoch")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
 
 
 @dataclass
@@ -189,8 +170,7 @@ def train(adapter: Adapter, train_frames: Sequence[Atoms], val_frames: Sequence[
     """Train ``adapter.model_`` in place; returns the history. Raises Diverged."""
     torch.manual_seed(adapter.seed)
     rng = np.random.default_rng(adapter.seed)
-    with_stress = cfg.stress_weight > 0 and all(
-        "stress" in a.calc.results for a in [*train_frames, *val_frames])
+    with_stress = cfg.stress_weight > 0 and has_stress([*train_frames, *val_frames])
     hist = History(uses_stress=with_stress)
     t0 = time.perf_counter()
     train_data = _targets(adapter, train_frames, with_stress)

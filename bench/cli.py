@@ -16,9 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import DEFAULT_STRATEGIES, E0_POLICIES, PRESET_DIR, SweepConfig, load_preset, preset_names
+from bench.config import PRESET_DIR, SweepConfig, load_preset, preset_names
+from bench.core import strategies
+from bench.core.contract import E0_POLICIES
+from bench.core.strategies import DEFAULT_STRATEGIES
 from bench.executors import EXECUTORS
-from bench.registry import MODELS, STRATEGY_HELP, UnknownName
+from bench.registry import MODELS, UnknownName
 from bench.store import StoreError
 from datasets.errors import DatasetError
 from datasets.splits import parse_size
@@ -60,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--perf-structures", type=int, dest="perf_structures",
                      help="structures for each model's timing job (batched predict vs ASE calculator); 0: none")
     run.add_argument("--properties", choices=("all", "largest", "none"),
-                     help="catalog property benchmarks after all runs, zero-shot + each strategy's largest size, or none")
+                     help="catalog property benchmarks after all runs, zero-shot + each strategy's largest size, "
+                     "or none")
     run.add_argument("--lora-rank", type=int, dest="lora_rank", help="LoRA rank (strategy lora; default 8)")
     run.add_argument("--lora-alpha", type=float, dest="lora_alpha", help="LoRA alpha (default 16)")
     run.add_argument("--replay-dataset", dest="replay_dataset",
@@ -103,14 +107,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_list(what: str) -> int:
     if what == "models":
-        from bench import envs  # noqa: PLC0415
+        from bench import envs
 
         print(f"{'model':10} {'env':9} {'default checkpoint':32} {'blocks (forward order)':60} status")
         for m in MODELS.values():
             status = "environment ready" if envs.env_python(m).exists() else "environment built on first run"
             print(f"{m.key:10} {m.env:9} {m.default_checkpoint:32} {', '.join(m.blocks):60} {status}")
     elif what == "datasets":
-        from datasets.registry import catalog  # noqa: PLC0415
+        from datasets.registry import catalog
 
         for name, entry in catalog().items():
             print(f"{name:14} {entry['licence']:24} {entry['description']}")
@@ -121,7 +125,7 @@ def cmd_list(what: str) -> int:
         print("\nor --preset FILE.toml / FILE.yaml with the same [sweep] and [headline] keys "
               f"(see {PRESET_DIR})")
     else:
-        for name, text in STRATEGY_HELP.items():
+        for name, text in strategies.help_lines():
             print(f"{name:22} {text}")
         print("\nreference energies (--e0):")
         for name, text in E0_POLICIES.items():
@@ -130,9 +134,8 @@ def cmd_list(what: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.report import HEADLINE_SETTINGS, write_report  # noqa: PLC0415
-    from bench.runner import execute, make_plan  # noqa: PLC0415
-    from bench.store import Store, atomic_write_json  # noqa: PLC0415
+    from bench.api import run_sweep
+    from bench.plan import make_plan
 
     given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run", "preset"}
              and not k.startswith("slurm_")}
@@ -141,15 +144,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = SweepConfig.from_preset(args.preset, **given)
     plan = make_plan(cfg)
     print(f"preset {cfg.preset}: {len(plan.runs)} runs on {plan.describe()} -> {cfg.out}", file=sys.stderr)
-    if args.dry_run:
+    if args.dry_run:  # spec ids: a run's id adds the runtime its worker resolves
         for run in plan.runs:
-            print(f"{run.run_id}  {run.label}")
+            print(f"{run.spec.spec_id}  {run.label}")
         return 0
-    store = Store(Path(cfg.out)).prepare()
-    counts = execute(plan, store)
-    atomic_write_json(store.root / HEADLINE_SETTINGS, cfg.headline)  # `bench report` reuses them
-    md, html = write_report(store.root, headline=cfg.headline)
-    print(f"done: {counts}; report: {md} and {html}", file=sys.stderr)
+    results = run_sweep(cfg)
+    print(f"done: {results.counts}; report: {results.root / 'report.md'} and {results.root / 'report.html'}",
+          file=sys.stderr)
     return 0
 
 
@@ -159,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list(args.what)
         if args.command == "compare":
-            from bench.compare import cmd_compare  # noqa: PLC0415
+            from bench.compare import cmd_compare
 
             return cmd_compare(args)
         if args.command == "report":
-            from bench.report import write_report  # noqa: PLC0415
+            from bench.report import write_report
 
             md, html = write_report(args.results)
             print(f"wrote {md} and {html}")

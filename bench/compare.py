@@ -1,7 +1,9 @@
 """Compare two results directories run by run: the regression gate for CI.
 
-Runs are matched by ``run_id`` (the hash of the spec, seed included), so every check is
-one run against the same run, never a mean over seeds. Every record kind is compared the
+Runs are matched by spec (``spec_id``: the hash of the spec, seed included; where a
+directory holds a spec on several devices, the same device is preferred), so every check is
+one run against the same run, never a mean over seeds. A difference in runtime (device,
+key package versions) is noted. Every record kind is compared the
 same way: a surrogate job's metrics are its student's, a timing job has timings only. Accuracy metrics (lower is better)
 regress when ``candidate > baseline * (1 + rel) + abs``; timings are divided by each
 record's ``timing.reference_workload_s`` (a fixed torch workload timed by the worker just
@@ -12,10 +14,10 @@ ratio can only warn. Peak memory does not scale with machine speed: raw ratio ag
 
 Example (forces RMSE 20 % worse, epoch 1.7x slower, records without the reference workload):
     $ python -m bench compare reports/main reports/pr --json compare.json
-    | run                             | metric                  | baseline | candidate | change          | verdict
-    | m3gnet/finetune/n15/s0 ad9731f9 | status                  | ok       | ok        |                 | ok
-    |                                 | forces_rmse_mev_per_ang | 340.4    | 408.5     | +68.09 (+20.0%) | REGRESSION
-    |                                 | s_per_epoch             | 2.49     | 4.234     | x1.70           | warn
+    | run                                  | metric                  | baseline | candidate | change          | ...
+    | m3gnet finetune n=15 seed=0 ad9731f9 | status                  | ok       | ok        |                 | ok
+    |                                      | forces_rmse_mev_per_ang | 340.4    | 408.5     | +68.09 (+20.0%) | REGR...
+    |                                      | s_per_epoch             | 2.49     | 4.234     | x1.70           | warn
     ...
     compare: 36 runs matched, 265 checks: 1 REGRESSION, 0 improved, 1 warn; 0 missing in candidate, ... -> FAIL
 
@@ -36,6 +38,7 @@ import math
 import tomllib
 from pathlib import Path
 
+from bench.core.contract import Record
 from bench.store import Store, StoreError
 
 # metric -> (relative, absolute in the metric's unit); absolute terms absorb float noise
@@ -70,7 +73,7 @@ class CompareError(ValueError):
     """Input the comparison cannot use; the message names the path."""
 
 
-def load_records(path: Path) -> list[dict]:
+def load_records(path: Path) -> list[Record]:
     path = Path(path)
     if not path.is_dir():
         raise CompareError(f"{path}: no such results directory")
@@ -80,10 +83,6 @@ def load_records(path: Path) -> list[dict]:
         raise CompareError(str(exc)) from exc
     if not records:
         raise CompareError(f"{path / 'records'}: no records")
-    for rec in records:
-        missing = {"run_id", "spec", "status"} - set(rec)
-        if missing:
-            raise CompareError(f"{path / 'records' / rec.get('run_id', '?')}.json: record lacks {sorted(missing)}")
     return records
 
 
@@ -137,13 +136,9 @@ def parse_tolerances(items: list[str] | None) -> dict[str, float]:
     return out
 
 
-def label(spec: dict, rid: str) -> str:
-    """``model/strategy/n<size>/s<seed> <run_id>``; a surrogate job names its teacher, a timing job its size."""
-    kind = spec.get("kind", "train")
-    if kind == "perf":
-        return f"{spec.get('model')}/timing-job/{spec.get('n_structures')} structures {rid[:8]}"
-    what = f"surrogate-of-{spec.get('teacher_strategy')}" if kind == "surrogate" else spec.get("strategy")
-    return f"{spec.get('model')}/{what}/n{spec.get('train_size')}/s{spec.get('seed')} {rid[:8]}"
+def label(record: Record) -> str:
+    """The run's label and the start of its spec id."""
+    return f"{record.spec.label} {record.spec_id[:8]}"
 
 
 def _finite(x) -> bool:
@@ -182,10 +177,9 @@ def _ratio_row(name: str, kind: str, b, c, threshold: float, caveat: str | None,
     return row | {"verdict": "ok", "note": ""}
 
 
-def _timing_rows(base: dict, cand: dict, timing_ratio: float, memory_ratio: float) -> list[dict]:
-    bt, ct = base.get("timing") or {}, cand.get("timing") or {}
-    b_dev = (base.get("environment") or {}).get("device")
-    c_dev = (cand.get("environment") or {}).get("device")
+def _timing_rows(base: Record, cand: Record, timing_ratio: float, memory_ratio: float) -> list[dict]:
+    bt, ct = base.timing.to_dict() if base.timing else {}, cand.timing.to_dict() if cand.timing else {}
+    b_dev, c_dev = base.runtime.device, cand.runtime.device
     device_caveat = f"device {b_dev} vs {c_dev}" if b_dev != c_dev else None
     b_ref, c_ref = bt.get("reference_workload_s"), ct.get("reference_workload_s")
     lacking = [side for side, ref in (("baseline", b_ref), ("candidate", c_ref)) if not (_finite(ref) and ref > 0)]
@@ -209,66 +203,82 @@ def _timing_rows(base: dict, cand: dict, timing_ratio: float, memory_ratio: floa
     return rows
 
 
-def _status_row(base: dict, cand: dict) -> dict:
-    b, c = base["status"], cand["status"]
+def _status_row(base: Record, cand: Record) -> dict:
+    b, c = base.status, cand.status
     row = {"metric": "status", "kind": "status", "baseline": b, "candidate": c, "change": ""}
-    reason = (cand.get("reason") or "").strip().splitlines()
+    reason = (cand.reason or "").strip().splitlines()
     reason = reason[-1][:100] if reason else ""
     if b == "ok" and c != "ok":
         return row | {"verdict": "REGRESSION", "note": reason}
     if b != "ok" and c == "ok":
         return row | {"verdict": "improved", "note": ""}
     if b == c == "skipped" or b == c == "ok":
-        return row | {"verdict": "ok", "note": ""}
+        differs = sorted(k for k in {*base.runtime.packages, *cand.runtime.packages}
+                         if base.runtime.packages.get(k) != cand.runtime.packages.get(k))
+        note = "packages differ: " + ", ".join(
+            f"{k} {base.runtime.packages.get(k)} vs {cand.runtime.packages.get(k)}" for k in differs) if differs else ""
+        return row | {"verdict": "ok", "note": note}
     return row | {"verdict": "warn", "note": f"not ok on both sides; {reason}"}
 
 
-def _index(records: list[dict] | dict) -> dict[str, dict]:
-    return records if isinstance(records, dict) else {r["run_id"]: r for r in records}
+def _by_spec(records: list[Record]) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for r in records:
+        out.setdefault(r.spec_id, []).append(r)
+    return out
 
 
-def compare(baseline, candidate, tolerances: dict | None = None, timing_ratio: float = DEFAULT_TIMING_RATIO,
-            memory_ratio: float = DEFAULT_MEMORY_RATIO, timing: bool = True, allow_missing: bool = False) -> dict:
-    """Every check of candidate against baseline records (lists, or dicts by run_id).
+def _pair(base: list[Record], cand: list[Record]) -> tuple[Record, Record]:
+    """One record of a spec from each side, on the same device where both have one."""
+    for b in base:
+        for c in cand:
+            if b.runtime.device == c.runtime.device:
+                return b, c
+    return base[0], cand[0]
 
-    Returns ``{"settings", "summary", "rows"}``; each row has run_id, run, metric, kind,
+
+def compare(baseline: list[Record], candidate: list[Record], tolerances: dict | None = None,
+            timing_ratio: float = DEFAULT_TIMING_RATIO, memory_ratio: float = DEFAULT_MEMORY_RATIO,
+            timing: bool = True, allow_missing: bool = False) -> dict:
+    """Every check of candidate against baseline records.
+
+    Returns ``{"settings", "summary", "rows"}``; each row has spec_id, run, metric, kind,
     baseline, candidate, change, verdict (ok | improved | REGRESSION | warn | info), note.
     """
     tols = resolve_tolerances(tolerances)
-    base, cand = _index(baseline), _index(candidate)
-    common = sorted(set(base) & set(cand), key=lambda r: label(base[r]["spec"], r))
+    base, cand = _by_spec(baseline), _by_spec(candidate)
+    common = sorted(set(base) & set(cand), key=lambda k: label(base[k][0]))
     if not common:
-        b_keys = set().union(*(r["spec"] for r in base.values()))
-        c_keys = set().union(*(r["spec"] for r in cand.values()))
+        b_keys = set().union(*(r.spec.to_dict() for rs in base.values() for r in rs))
+        c_keys = set().union(*(r.spec.to_dict() for rs in cand.values() for r in rs))
         hint = (f"; spec fields only in baseline {sorted(b_keys - c_keys)}, only in candidate "
                 f"{sorted(c_keys - b_keys)}" if b_keys != c_keys else "")
-        raise CompareError(f"no run in common (run_id = hash of the spec){hint}")
+        raise CompareError(f"no run in common (runs are matched by the hash of their spec){hint}")
     rows = []
 
-    def add(rid: str, spec: dict, row: dict | None) -> None:
+    def add(record: Record, row: dict | None) -> None:
         if row:
-            rows.append({"run_id": rid, "run": label(spec, rid)} | row)
+            rows.append({"spec_id": record.spec_id, "run": label(record)} | row)
 
-    for rid in common:
-        b, c = base[rid], cand[rid]
-        add(rid, b["spec"], _status_row(b, c))
-        if b["status"] != "ok" or c["status"] != "ok":
+    for key in common:
+        b, c = _pair(base[key], cand[key])
+        add(b, _status_row(b, c))
+        if not (b.ok and c.ok):
             continue
-        bm, cm = b.get("metrics") or {}, c.get("metrics") or {}
         for name, (rel, abs_) in tols.items():
-            add(rid, b["spec"], _accuracy(name, bm.get(name), cm.get(name), rel, abs_))
+            add(b, _accuracy(name, b.metrics.value(name) if b.metrics else None,
+                             c.metrics.value(name) if c.metrics else None, rel, abs_))
         if timing:
             for row in _timing_rows(b, c, timing_ratio, memory_ratio):
-                add(rid, b["spec"], row)
-    for rid in sorted(set(base) - set(cand)):
-        add(rid, base[rid]["spec"], {"metric": "run", "kind": "presence", "baseline": base[rid]["status"],
-                                     "candidate": None, "change": "",
-                                     "verdict": "warn" if allow_missing else "REGRESSION",
-                                     "note": "missing in candidate"})
-    for rid in sorted(set(cand) - set(base)):
-        add(rid, cand[rid]["spec"], {"metric": "run", "kind": "presence", "baseline": None,
-                                     "candidate": cand[rid]["status"], "change": "", "verdict": "info",
-                                     "note": "new in candidate"})
+                add(b, row)
+    for key in sorted(set(base) - set(cand)):
+        b = base[key][0]
+        add(b, {"metric": "run", "kind": "presence", "baseline": b.status, "candidate": None, "change": "",
+                "verdict": "warn" if allow_missing else "REGRESSION", "note": "missing in candidate"})
+    for key in sorted(set(cand) - set(base)):
+        c = cand[key][0]
+        add(c, {"metric": "run", "kind": "presence", "baseline": None, "candidate": c.status, "change": "",
+                "verdict": "info", "note": "new in candidate"})
     count = {v: sum(r["verdict"] == v for r in rows) for v in ("REGRESSION", "improved", "warn")}
     summary = {"runs_matched": len(common), "checks": len(rows), "regressions": count["REGRESSION"],
                "improvements": count["improved"], "warnings": count["warn"],

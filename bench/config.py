@@ -13,17 +13,18 @@ Example:
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from bench.core import strategies
+from bench.core.contract import E0_POLICIES, TrainConfig
+from bench.core.strategies import DEFAULT_STRATEGIES, UnknownName
+from bench.core.util import did_you_mean
 from bench.executors import EXECUTORS
-from bench.registry import STRATEGY_HELP, UnknownName, did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-DEFAULT_STRATEGIES = ("zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions")
 DEFAULT_LR_FACTORS = {"embedding": 0.01, "interaction": 0.1, "readout": 1.0}
 SURROGATE_DEFAULTS = {
     "model": "m3gnet",  # teacher family; the student is a small from-scratch model of it
@@ -33,11 +34,6 @@ SURROGATE_DEFAULTS = {
     "student": {"units": 32, "nblocks": 2, "dim_node_embedding": 32, "dim_edge_embedding": 32,
                 "threebody_cutoff": 3.5},
     "student_epochs": 30, "student_lr": 3e-3, "speed_structures": 8,
-}
-E0_POLICIES = {
-    "refit": "least-squares per-element correction of the model's E0 on the training subset, then frozen",
-    "foundation": "keep the starting model's E0 unchanged and frozen",
-    "train": "E0 trains with the other unfrozen parameters",
 }
 
 
@@ -91,7 +87,7 @@ class SweepConfig:
                              f"{did_you_mean(unknown[0], names)}")
         if isinstance(sweep.get("dataset"), list):
             sweep["dataset"] = ",".join(sweep["dataset"])
-        from datasets.splits import parse_size  # noqa: PLC0415
+        from datasets.splits import parse_size
 
         if "sizes" in sweep:
             sweep["sizes"] = tuple(parse_size(str(x)) for x in sweep["sizes"])
@@ -126,17 +122,20 @@ class SweepConfig:
             raise ValueError(f"--e0 {self.e0_policy!r} not in {sorted(E0_POLICIES)}")
         if not self.seeds:
             raise ValueError("--seeds: at least one seed is needed")
-        if not self.sizes and any(s != "zero-shot" for s in self.strategies):
+        if not self.sizes and any(strategies.is_known(s) and strategies.definition(s).trains for s in self.strategies):
             raise ValueError("--sizes: at least one training size is needed")
-        for name, table in (("sizes_by_strategy", self.sizes_by_strategy), ("seeds_by_strategy", self.seeds_by_strategy)):
-            stray = sorted(k for k in table if k not in STRATEGY_HELP and not re.fullmatch(r"freeze-\d+", k))
+        for name in ("sizes_by_strategy", "seeds_by_strategy"):
+            table = getattr(self, name)
+            stray = sorted(k for k in table if not strategies.is_known(k))
             if stray:  # entries for strategies not run (e.g. after --strategies) are simply unused
-                raise ValueError(f"{name} names unknown strategies {stray}.{did_you_mean(stray[0], STRATEGY_HELP)}")
+                raise ValueError(f"{name} names unknown strategies {stray}."
+                                 f"{did_you_mean(stray[0], strategies.BY_NAME)}")
         for name, n in self.seeds_by_strategy.items():
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"seeds_by_strategy {name} = {n!r}: the number of seeds (the first N of seeds), >= 1")
-        if "replay" in self.strategies and not self.replay_dataset:
-            raise ValueError("strategy replay needs replay_dataset (structures of another domain)")
+        replaying = [n for n in self.strategies if strategies.is_known(n) and strategies.definition(n).replay]
+        if replaying and not self.replay_dataset:
+            raise ValueError(f"strategy {replaying[0]} needs replay_dataset (structures of another domain)")
         if self.properties not in ("all", "largest", "none"):
             raise ValueError(f"properties={self.properties!r}: use all, largest or none")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
@@ -159,10 +158,10 @@ class SweepConfig:
             return self.checkpoint
         return dict(pairs).get(model)
 
-    def train_config(self) -> dict:
-        """The shared training loop's settings (adapters.training.TrainConfig fields)."""
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                "patience": self.patience, "max_time_s": self.max_train_time_s}
+    def train_config(self, *, soft: bool = False) -> TrainConfig:
+        """The shared training loop's settings; ``soft``: with the per-block LR factors."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
+                           max_time_s=self.max_train_time_s, lr_factors=dict(self.lr_factors) if soft else None)
 
     def override(self, **given) -> SweepConfig:
         """Replace only the settings that were actually given (None means not given)."""
@@ -194,7 +193,7 @@ def load_preset(preset: str) -> dict:
         if not path.is_file():
             raise UnknownName(f"unknown preset {preset!r}; embedded: {', '.join(preset_names())}, "
                               f"or pass a .toml/.yaml file.{did_you_mean(preset, preset_names())}")
-    import yaml  # noqa: PLC0415
+    import yaml
 
     try:
         data = (tomllib.loads(path.read_text()) if path.suffix == ".toml"

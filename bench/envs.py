@@ -2,28 +2,66 @@
 
 MACE pins e3nn 0.4.4 and SevenNet needs e3nn >= 0.5, so every family gets its own
 environment at ``$BENCH_ENV_DIR/<env>`` (default ``.venvs/`` in the project). An
-environment is reused when its probe (importing the family's packages and the adapter
-module) passes; otherwise it is (re)built with
+environment is reused when its probe (importing the family's adapter module in it and
+reading its key package versions) passes; otherwise it is (re)built with
 ``pip install -c constraints.txt -e .[<env>]``. tox.ini points its family testenvs at the
-same directories, so tests and sweeps share them.
+same directories, so tests and sweeps share them. The probe's versions are part of every
+run's identity (``bench.core.contract.Runtime``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import PROJECT_ROOT
 from bench.registry import ModelInfo
 
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
+PROBE_MARK = "BENCH-PROBE "
+# versions of these (and of the family's packages) are part of a run's runtime
+CORE_PACKAGES = ("torch", "e3nn")
+_PROBE_CODE = """
+import importlib, importlib.metadata as md, json, sys
+modules, names, cuda = json.loads(sys.argv[1])
+for module in modules:
+    importlib.import_module(module)
+packages = {}
+for name in names:
+    try:
+        packages[name] = md.version(name)
+    except md.PackageNotFoundError:
+        pass
+out = {"packages": packages, "python": sys.version.split()[0]}
+if cuda:
+    import torch
+    out["cuda"] = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                   if torch.cuda.is_available() else [])
+    out["torch_cuda"] = torch.version.cuda
+print("BENCH-PROBE " + json.dumps(out))
+"""
 
 
 class EnvironmentBuildError(RuntimeError):
     """The family's environment could not be created; the message has pip's output tail."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A family's working interpreter and what it has: key package versions and, when
+    asked, the CUDA devices its torch sees (names; empty: none)."""
+
+    python: Path
+    packages: dict[str, str]
+    cuda_devices: tuple[str, ...] | None = None
+    torch_cuda: str | None = None  # CUDA version torch was built with (None: a CPU build)
 
 
 def env_root() -> Path:
@@ -34,26 +72,59 @@ def env_python(model: ModelInfo) -> Path:
     return env_root() / model.env / "bin" / "python"
 
 
-def probe(model: ModelInfo) -> bool:
-    """True when the environment exists and imports the family's adapter."""
-    python = env_python(model)
+def key_packages(model: ModelInfo) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*CORE_PACKAGES, *model.packages]))
+
+
+def visible_gpus() -> int:
+    """GPUs on this machine, without importing torch (0 when there is no nvidia-smi)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
+
+
+_probed: dict[tuple, Environment | None] = {}
+_probe_lock = threading.Lock()
+
+
+def probe(model: ModelInfo, python: Path | None = None, *, cuda: bool = False,
+          env: dict[str, str] | None = None) -> Environment | None:
+    """The environment, when its python imports the family's adapter module (None when it
+    does not); ``cuda``: also list the CUDA devices it sees (with ``env``'s variables, e.g. a
+    pool slot's CUDA_VISIBLE_DEVICES). Successful probes are remembered per process."""
+    python = Path(python or env_python(model))
+    extra = dict(env or {})
+    key = (str(python), model.env, cuda, extra.get("CUDA_VISIBLE_DEVICES"))
+    with _probe_lock:
+        if key in _probed:
+            return _probed[key]
     if not python.exists():
-        return False
-    module = model.adapter.split(":")[0]
-    code = f"import {module}"
-    proc = subprocess.run([str(python), "-c", code], capture_output=True, cwd=PROJECT_ROOT,
-                          timeout=300, check=False)
-    return proc.returncode == 0
+        return None
+    args = [[model.adapter.split(":")[0]], list(key_packages(model)), cuda]
+    proc = subprocess.run([str(python), "-c", _PROBE_CODE, json.dumps(args)], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **extra})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith(PROBE_MARK)), None)
+    if proc.returncode != 0 or line is None:
+        return None
+    out = json.loads(line[len(PROBE_MARK):])
+    found = Environment(python, out["packages"], tuple(out["cuda"]) if "cuda" in out else None,
+                        out.get("torch_cuda"))
+    with _probe_lock:
+        _probed[key] = found
+    return found
 
 
-def ensure(model: ModelInfo, *, log=print) -> Path:
-    """Return the family's python, building its environment first if needed."""
+def ensure(model: ModelInfo, *, log=print) -> Environment:
+    """The family's environment, building it first if needed."""
     root = env_root()
     root.mkdir(parents=True, exist_ok=True)
     with (root / f".{model.env}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time per family
-        if probe(model):
-            return env_python(model)
+        found = probe(model)
+        if found:
+            return found
         target = root / model.env
         log(f"building the {model.env} environment in {target} (first use; reused afterwards)...")
         steps = [
@@ -67,8 +138,9 @@ def ensure(model: ModelInfo, *, log=print) -> Path:
                 tail = (proc.stderr or proc.stdout)[-2000:]
                 raise EnvironmentBuildError(
                     f"building the {model.env} environment failed at `{' '.join(cmd[:4])} ...`:\n{tail}")
-        if not probe(model):
+        found = probe(model)
+        if not found:
             raise EnvironmentBuildError(f"the {model.env} environment was built but cannot import "
                                         f"{model.adapter}; delete {target} and retry")
         log(f"{model.env} environment ready")
-        return env_python(model)
+        return found

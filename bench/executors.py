@@ -9,10 +9,11 @@
   ``<out>/submitit``). ``submitit-local`` runs the same jobs as local processes through
   submitit's LocalExecutor: that is how CI tests this path.
 
-Every executor calls ``job(run, slot) -> record``; the job claims the run, runs it and
+Every executor calls ``job(run, slot) -> outcome``; the job claims the run, runs it and
 stores its record itself (one file per record, atomic), so records never depend on the
-orchestrator surviving. To add an engine (Ray, Dask, ...): write a class with
-``slots`` and ``run(runs, job)`` yielding records as they finish, where each remote task
+orchestrator surviving. To add an engine (Ray, Dask, ...): write a class with ``slots``
+and ``run(runs, job)`` yielding each job's outcome as it finishes (or a :class:`Lost` for
+a remote job that died before storing anything), where each remote task
 calls ``in_fresh_slot(job, run, store_root, threads)``, and register it in ``EXECUTORS``.
 
 Example:
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.envs import visible_gpus
 from bench.workers import WorkerSlot
 
 EXECUTORS = ("local", "pool", "slurm", "submitit-local")
@@ -39,15 +40,7 @@ SLURM_KEYS = {"partition": "slurm_partition", "time_min": "timeout_min", "gpus_p
               "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint"}
 
 
-def visible_gpus() -> int:
-    """GPUs on this machine, without importing torch (0 when there is no nvidia-smi)."""
-    if not shutil.which("nvidia-smi"):
-        return 0
-    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
-    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
-
-
-def in_fresh_slot(job: Callable, run, store_root: Path, threads: int) -> dict:
+def in_fresh_slot(job: Callable, run, store_root: Path, threads: int):
     """Run one job in a slot of its own (remote engines: one job per process)."""
     slot = WorkerSlot(store_root, threads)
     try:
@@ -56,18 +49,30 @@ def in_fresh_slot(job: Callable, run, store_root: Path, threads: int) -> dict:
         slot.close()
 
 
+@dataclass(frozen=True)
+class Lost:
+    """A run whose remote job died before it could store a record (the caller records it)."""
+
+    run: object
+    reason: str
+    log_tail: str
+
+
 class Local:
     live_progress = True
 
     def __init__(self, store_root: Path, threads: int):
         self.slots = [WorkerSlot(store_root, threads)]
 
-    def run(self, runs: list, job: Callable) -> Iterator[dict]:
+    def run(self, runs: list, job: Callable) -> Iterator:
         try:
             for run in runs:
                 yield job(run, self.slots[0])
         finally:
             self.slots[0].close()
+
+
+_FINISHED = object()  # a pool worker has no more runs
 
 
 class Pool:
@@ -80,7 +85,7 @@ class Pool:
         self.slots = [WorkerSlot(store_root, per, {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else None)
                       for i in range(workers)]
 
-    def run(self, runs: list, job: Callable) -> Iterator[dict]:
+    def run(self, runs: list, job: Callable) -> Iterator:
         todo: queue.Queue = queue.Queue()
         for run in runs:
             todo.put(run)
@@ -96,25 +101,25 @@ class Pool:
                     done.put(job(run, slot))
             finally:
                 slot.close()
-                done.put(None)  # this worker is finished
+                done.put(_FINISHED)
 
         threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in self.slots]
         for t in threads:
             t.start()
         finished = 0
         while finished < len(threads):
-            record = done.get()
-            if record is None:
+            outcome = done.get()
+            if outcome is _FINISHED:
                 finished += 1
             else:
-                yield record
+                yield outcome
 
 
 class Submitit:
     live_progress = False
 
     def __init__(self, store_root: Path, threads: int, cluster: str, slurm: dict, parallel: int):
-        import submitit  # noqa: PLC0415 - only this executor needs it
+        import submitit  # only this executor needs it
 
         unknown = sorted(set(slurm) - set(SLURM_KEYS))
         if unknown:
@@ -134,15 +139,15 @@ class Submitit:
     def _submit(self, job: Callable, run):
         return self.executor.submit(in_fresh_slot, job, run, self.store_root, self.threads)
 
-    def _result(self, submitted, run) -> dict:
+    def _result(self, submitted, run):
         try:
             return submitted.result()
         except Exception as exc:  # the job died (killed, OOM, node failure): keep a record
-            return {"_lost_run": run, "reason": f"submitit job {submitted.job_id} failed: "
-                    f"{str(exc).strip().splitlines()[-1][:300]}", "log_tail": (submitted.stderr() or "")[-3000:]}
+            return Lost(run, f"submitit job {submitted.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}",
+                        (submitted.stderr() or "")[-3000:])
 
-    def run(self, runs: list, job: Callable) -> Iterator[dict]:
-        import submitit  # noqa: PLC0415
+    def run(self, runs: list, job: Callable) -> Iterator:
+        import submitit
 
         if self.cluster != "local":  # one job array; Slurm's array parallelism throttles it
             with self.executor.batch():

@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
+from bench.core.metrics import METRICS
 from bench.headline import ENERGY, FORCES, Point, Reference
-from bench.metrics import METRICS
 
 PANELS = (ENERGY, FORCES)
 MARKERS = "osD^v<>ph*"  # with the 10 default colours: any number of strategies stays distinguishable

@@ -3,7 +3,7 @@
 Per dataset × model (family + checkpoint) × strategy, aggregated over seeds, against a
 reference: scratch training of the same model at its largest stored training size.
 
-    >>> h = headline(Store(path).all(), tolerance=0.05)   # or **preset["headline"]
+    >>> h = headline(Store(path).all(), tolerance=0.05)   # typed records; or **preset["headline"]
     >>> h.rows[0].within["forces_rmse_mev_per_ang"]         # smallest Point within 5 %
 
 Definitions (every threshold is an argument of ``headline``):
@@ -32,17 +32,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bench.core.contract import Record, TrainSpec
+from bench.core.strategies import rank as strategy_rank
+
 CHEMICAL_ACCURACY_MEV = 43.36  # 1 kcal/mol in meV
 FORCES, ENERGY = "forces_rmse_mev_per_ang", "energy_rmse_mev_per_atom"
-STRATEGY_ORDER = ["zero-shot", "scratch", "finetune", "freeze-embedding", "freeze-interactions", "readout-only",
-                  "lora", "soft-freeze", "replay"]
-# Spec fields of the strategies that have settings of their own (LoRA rank, per-block LR
-# factors, replay set): runs that differ in them are different curves.
-STRATEGY_FIELDS = ("lora", "lr_factors", "replay")
-
-
-def strategy_rank(name: str) -> tuple:
-    return (STRATEGY_ORDER.index(name), "") if name in STRATEGY_ORDER else (len(STRATEGY_ORDER), name)
 
 
 class CurveKey(NamedTuple):
@@ -51,23 +45,33 @@ class CurveKey(NamedTuple):
     model: str
     checkpoint: str
     strategy: str
-    setting: str  # e0 policy + training settings (+ STRATEGY_FIELDS where set); "" for zero-shot
+    setting: str  # e0 policy + training settings (+ LoRA / replay settings where set); "" untrained
+    device: str = "cpu"  # the runtime's device kind: runs on another device are another curve
 
     @property
     def model_key(self) -> tuple[str, str, str]:
-        return self.dataset, self.model, self.checkpoint
+        """(dataset, model, checkpoint); a run on a GPU names its device after the checkpoint."""
+        return self.dataset, self.model, _on(self.checkpoint, self.device)
 
 
-def model_key(spec: dict) -> tuple[str, str, str]:
-    return spec["dataset"], spec["model"], spec["checkpoint"]
+def _on(checkpoint: str, device: str) -> str:
+    return checkpoint if device == "cpu" else f"{checkpoint} on {device}"
 
 
-def curve_key(spec: dict) -> CurveKey:
-    extra = {k: spec[k] for k in STRATEGY_FIELDS if spec.get(k) is not None}
-    setting = "" if spec["strategy"] == "zero-shot" else json.dumps(
-        [spec.get("e0_policy"), spec.get("train_config"), *([extra] if extra else [])], sort_keys=True)
-    return CurveKey(spec["dataset"], spec.get("family", spec["model"]), spec["model"],
-                    spec["checkpoint"], spec["strategy"], setting)
+def model_key(record: Record) -> tuple[str, str, str]:
+    spec = record.spec
+    return spec.dataset, spec.model, _on(spec.checkpoint, record.runtime.device)
+
+
+def curve_key(record: Record) -> CurveKey:
+    spec = record.spec
+    extra = {k: v.to_dict() for k, v in (("lora", spec.lora), ("replay", spec.replay)) if v is not None}
+    if spec.train_config and spec.train_config.lr_factors:
+        extra["lr_factors"] = spec.train_config.lr_factors
+    setting = "" if not spec.trains else json.dumps(
+        [spec.e0_policy, spec.train_config.to_dict(), *([extra] if extra else [])], sort_keys=True)
+    return CurveKey(spec.dataset, spec.family, spec.model, spec.checkpoint, spec.strategy, setting,
+                    record.runtime.device)
 
 
 @dataclass(frozen=True)
@@ -87,37 +91,37 @@ class Point:
     """One training size of one curve: its seeds' records."""
 
     size: int
-    records: list[dict]
+    records: list[Record]
 
     def stat(self, metric: str) -> Stat | None:
-        return Stat.of(r["metrics"].get(metric) for r in self.records)
+        return Stat.of(r.metrics.value(metric) for r in self.records)
 
     def mean(self, metric: str) -> float | None:
         s = self.stat(metric)
         return s.mean if s else None
 
     def timing(self, name: str) -> Stat | None:
-        return Stat.of((r.get("timing") or {}).get(name) for r in self.records)
+        return Stat.of(r.timing.value(name) if r.timing else None for r in self.records)
 
     @property
     def fraction(self) -> float | None:
         """Fraction of the training pool (None for zero-shot)."""
-        s = Stat.of(r["spec"].get("train_fraction") for r in self.records)
+        s = Stat.of(r.spec.train_fraction for r in self.records)
         return s.mean if s and self.size else None
 
     @property
     def atoms_per_structure(self) -> float:
-        m = self.records[0]["metrics"]
-        return m["n_atoms"] / m["n_structures"]
+        m = self.records[0].metrics
+        return m.n_atoms / m.n_structures
 
 
-def curves(records: list[dict]) -> dict[CurveKey, list[Point]]:
-    """``ok`` training records (spec kind ``train``: not timing or surrogate jobs) grouped into
+def curves(records: list[Record]) -> dict[CurveKey, list[Point]]:
+    """``ok`` training records (train specs: not timing or surrogate jobs) grouped into
     curves of seed-aggregated points, sorted by size."""
-    by: dict[CurveKey, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    by: dict[CurveKey, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        if r["status"] == "ok" and r.get("metrics") and r["spec"].get("kind", "train") == "train":
-            by[curve_key(r["spec"])][r["spec"]["train_size"]].append(r)
+        if r.ok and r.metrics and isinstance(r.spec, TrainSpec):
+            by[curve_key(r)][r.spec.train_size].append(r)
     return {k: [Point(n, recs) for n, recs in sorted(v.items())] for k, v in by.items()}
 
 
@@ -168,19 +172,18 @@ def error_at_fraction(points: list[Point], reference: Point, metric: str, fracti
     return None
 
 
-def final_val_forces(record: dict) -> float | None:
+def final_val_forces(record: Record) -> float | None:
     """Validation force RMSE of the epoch whose weights were kept (best epoch, else last)."""
-    curve = record.get("curve") or []
-    best = (record.get("timing") or {}).get("best_epoch")
-    row = next((r for r in curve if r["epoch"] == best), curve[-1] if curve else None)
-    return row.get("val_forces_rmse_mev_per_ang") if row else None
+    curve = record.curve or ()
+    best = record.timing.best_epoch if record.timing else None
+    row = next((r for r in curve if r.epoch == best), curve[-1] if curve else None)
+    return row.val_forces_rmse_mev_per_ang if row else None
 
 
-def time_to_val_forces(record: dict, target: float) -> float | None:
+def time_to_val_forces(record: Record, target: float) -> float | None:
     """Training wall time until the validation force RMSE first reaches ``target``."""
-    return next((r["elapsed_s"] for r in record.get("curve") or []
-                 if r.get("val_forces_rmse_mev_per_ang") is not None
-                 and r["val_forces_rmse_mev_per_ang"] <= target), None)
+    return next((r.elapsed_s for r in record.curve or ()
+                 if r.val_forces_rmse_mev_per_ang is not None and r.val_forces_rmse_mev_per_ang <= target), None)
 
 
 @dataclass(frozen=True)
@@ -231,17 +234,18 @@ class Headline:
 
 
 def references(all_curves: dict[CurveKey, list[Point]]) -> dict[tuple, Reference]:
-    """Per (dataset, model, checkpoint): scratch at its largest stored size."""
+    """Per (dataset, model, checkpoint): training from random weights (scratch) at its
+    largest stored size."""
     refs: dict[tuple, Reference] = {}
     for key, points in all_curves.items():
-        if key.strategy == "scratch":
+        if points[-1].records[0].spec.is_reference:
             best = refs.get(key.model_key)
             if best is None or points[-1].size > best.point.size:
                 refs[key.model_key] = Reference(points[-1])
     return refs
 
 
-def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[float, ...] = (0.10, 0.20),
+def headline(records: list[Record], *, tolerance: float = 0.10, fractions: tuple[float, ...] = (0.10, 0.20),
              chemical_accuracy_mev: float = CHEMICAL_ACCURACY_MEV,
              time_target_mev_per_ang: float | None = None) -> Headline:
     """Headline rows per dataset × model × strategy; keyword settings as a preset's ``headline``."""
@@ -251,10 +255,9 @@ def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[f
     all_curves = curves(records)
     refs = references(all_curves)
     inference: dict[tuple, dict[bool, list]] = defaultdict(lambda: defaultdict(list))
-    for r in records:  # a model's timing job ("kind": "perf") wins over speeds measured in runs
-        if r["status"] == "ok" and r["spec"].get("kind", "train") in ("train", "perf"):  # not a surrogate's student
-            speed = (r.get("timing") or {}).get("inference_atoms_per_s")
-            inference[model_key(r["spec"])][r["spec"].get("kind") == "perf"].append(speed)
+    for r in records:  # a model's timing job (kind "perf") wins over speeds measured in runs
+        if r.ok and r.spec.kind in ("train", "perf") and r.timing:  # not a surrogate's student
+            inference[model_key(r)][r.spec.kind == "perf"].append(r.timing.inference_atoms_per_s)
     rows = []
     for key, points in all_curves.items():
         ref = refs.get(key.model_key)
@@ -266,12 +269,14 @@ def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[f
                 for f in fractions:
                     row.at_fraction[(metric, f)] = error_at_fraction(points, ref.point, metric, f)
         target = time_target_mev_per_ang or (ref.val_forces_target(tolerance) if ref else None)
-        if target and key.strategy != "zero-shot":
+        if target and row.largest.records[0].spec.trains:
             times = [time_to_val_forces(r, target) for r in row.largest.records]
             row.time_to_target = TimeToTarget(target, Stat.of(times), sum(t is not None for t in times),
                                               len(times))
-        ft_key = key._replace(strategy="finetune", setting=plain_setting(key.setting))
-        finetune = next((p for p in all_curves.get(ft_key, []) if p.size == row.largest.size), None)
+        finetune = next((p for k, pts in all_curves.items() if k.model_key == key.model_key
+                         and k.setting == plain_setting(key.setting)
+                         and pts[0].records[0].spec.is_full_finetune
+                         for p in pts if p.size == row.largest.size), None)
         step = row.largest.timing("step_s_per_structure")
         ft_step = finetune.timing("step_s_per_structure") if finetune else None
         if step and ft_step:
@@ -279,7 +284,7 @@ def headline(records: list[dict], *, tolerance: float = 0.10, fractions: tuple[f
         speeds = inference[key.model_key]
         speed = Stat.of(speeds[True]) or Stat.of(speeds[False])
         row.inference_atoms_per_s = speed.mean if speed else None
-        rss = [r["timing"]["peak_rss_mb"] for r in row.largest.records if (r.get("timing") or {}).get("peak_rss_mb")]
+        rss = [r.timing.peak_rss_mb for r in row.largest.records if r.timing and r.timing.peak_rss_mb]
         row.peak_rss_mb = max(rss) if rss else None
         rows.append(row)
     rows.sort(key=lambda r: (r.key.dataset, r.key.family, r.key.model, r.key.checkpoint,

@@ -1,4 +1,5 @@
-"""Model families and training strategies, by name, without importing any model library.
+"""Model families by name (strategies: ``bench.core.strategies``), without importing any
+model library.
 
 Each family names its adapter by an import string that only a worker inside the family's
 environment resolves, its environment (a ``pyproject.toml`` extra), its checkpoints and
@@ -8,24 +9,19 @@ listing and planning stay light.
 Example:
     >>> get_model("chgnet").env
     'chgnet'
-    >>> resolve_strategy("freeze-interactions", get_model("chgnet"))
-    Strategy(name='freeze-interactions', freeze_k=5, ...)
+    >>> resolve_strategy("freeze-interactions", get_model("chgnet")).freeze_k
+    5
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 from dataclasses import dataclass
 
+from bench.core import strategies
+from bench.core.strategies import UnknownName
+from bench.core.util import did_you_mean
 
-class UnknownName(ValueError):  # noqa: N818
-    """An unknown model, strategy or dataset name; the message suggests the closest."""
-
-
-def did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+__all__ = ["MODELS", "ModelInfo", "UnknownName", "get_model", "resolve_models", "resolve_strategy"]
 
 
 @dataclass(frozen=True)
@@ -98,63 +94,6 @@ def resolve_models(spec: str) -> list[ModelInfo]:
     return [get_model(k) for k in keys]
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """How a run starts and what trains: ``freeze_k`` first blocks frozen (None: no training).
-
-    ``lora``: every base weight frozen, low-rank adapters on the later blocks' matrices,
-    merged back after training; ``soft``: every block trains with the sweep's per-block LR
-    factors; ``replay``: foundation-labelled structures of another domain join training.
-    """
-
-    name: str
-    freeze_k: int | None
-    scratch: bool = False
-    lora: bool = False
-    soft: bool = False
-    replay: bool = False
-
-
-STRATEGY_HELP = {
-    "zero-shot": "the foundation model as is, no training",
-    "scratch": "same architecture, random initial weights, everything trains",
-    "finetune": "from the foundation, every block trains (freeze 0)",
-    "freeze-embedding": "embedding frozen, interactions and readout train",
-    "freeze-interactions": ("embedding and all message passing frozen, readout trains "
-                            "(the paper's best MACE-MP setting)"),
-    "readout-only": "alias of freeze-interactions: only the readout (and E0 if --e0 train) trains",
-    "freeze-<k>": "first k blocks frozen, in the forward order shown by `bench list models`",
-    "lora": ("base weights frozen; low-rank adapters (--lora-rank, alpha) on the weight matrices of "
-             "the interaction and readout blocks train and are merged back for inference"),
-    "soft-freeze": ("every block trains, early blocks with a smaller learning rate (sweep lr_factors, "
-                    "as mace-torch --lr_params_factors)"),
-    "replay": ("finetune with foundation-labelled structures of another domain mixed in "
-               "(sweep replay_dataset, replay_fraction), against forgetting"),
-}
-
-
-def resolve_strategy(name: str, model: ModelInfo) -> Strategy:
-    kinds = model.blocks
-    n_embedding = kinds.count("embedding")
-    fixed = {
-        "zero-shot": Strategy("zero-shot", None),
-        "scratch": Strategy("scratch", 0, scratch=True),
-        "finetune": Strategy("finetune", 0),
-        "freeze-embedding": Strategy("freeze-embedding", n_embedding),
-        "freeze-interactions": Strategy("freeze-interactions", n_embedding + kinds.count("interaction")),
-        "readout-only": Strategy("readout-only", len(kinds) - kinds.count("readout")),
-        "lora": Strategy("lora", len(kinds), lora=True),
-        "soft-freeze": Strategy("soft-freeze", 0, soft=True),
-        "replay": Strategy("replay", 0, replay=True),
-    }
-    if name in fixed:
-        return fixed[name]
-    match = re.fullmatch(r"freeze-(\d+)", name)
-    if match:
-        k = int(match.group(1))
-        if not 0 <= k < len(kinds):
-            raise UnknownName(f"strategy {name!r}: {model.key} has blocks 0..{len(kinds) - 1} "
-                              f"({', '.join(kinds)}); freezing all {len(kinds)} leaves nothing to train")
-        return Strategy(name, k)
-    raise UnknownName(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_HELP)}."
-                      f"{did_you_mean(name, [*fixed, 'freeze-1'])}")
+def resolve_strategy(name: str, model: ModelInfo) -> strategies.Resolved:
+    """The named strategy's flags for this model's block layout."""
+    return strategies.resolve(name, model.blocks, model.key)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench import figures, targets
 from bench import headline as hl
+from bench.core.contract import Environment, Provenance, Record, SurrogateSpec, TrainSpec
 from bench.registry import MODELS
 from bench.store import Store
 
@@ -55,7 +56,7 @@ def _size(p: hl.Point | None, missing="–") -> str:
 
 
 def _model(key) -> str:
-    return f"{key.model} ({key.checkpoint})"
+    return f"{key.model} ({key.model_key[2]})"
 
 
 class Section:
@@ -158,18 +159,18 @@ def _figure_sections(curves: dict, h: hl.Headline, labels: dict, root: Path | No
                      "largest size, lowest seed.")
     for ds in sorted({k.dataset for k in curves}):
         best = _best_per_family(curves, ds)
-        zero = {k.model_key: pts[0] for k, pts in curves.items() if k.strategy == "zero-shot"}
+        zero = {k.model_key: pts[0] for k, pts in curves.items() if not pts[0].size}
         cross.text(f"{ds}: " + "; ".join(f"{fam}: {_model(k)} {labels[k]}" for fam, k in best.items()))
         cross.figure(f"families-{ds}", figures.cross_family(
             {f"{fam}: {labels[k]}": (curves[k], zero.get(k.model_key)) for fam, k in best.items()},
             f"{ds}: each family at its best strategy"))
         runs, missing = {}, []
         for fam, k in best.items():
-            rec = min(curves[k][-1].records, key=lambda r: r["spec"]["seed"])
-            rel = (rec.get("artefacts") or {}).get("predictions")
+            rec = min(curves[k][-1].records, key=lambda r: r.spec.seed)
+            rel = rec.artefacts.predictions if rec.artefacts else None
             path = root / rel if root and rel else None
             if path and path.is_file():
-                runs[f"{fam} {labels[k]} n={rec['spec']['train_size']}"] = path
+                runs[f"{fam} {labels[k]} n={rec.spec.train_size}"] = path
             else:
                 missing.append(f"{fam} ({rel or 'no predictions artefact'})")
         if missing:
@@ -178,28 +179,26 @@ def _figure_sections(curves: dict, h: hl.Headline, labels: dict, root: Path | No
     return [lc, cross, parity]
 
 
-def _frozen(rec: dict) -> str:
-    spec = rec["spec"]
-    k, blocks = spec.get("freeze_k"), rec.get("blocks", [])
+def _frozen(rec: Record) -> str:
+    spec = rec.spec
+    k, blocks = spec.freeze_k, rec.blocks or ()
     text = "–" if k is None else ("none" if k == 0 else f"all {k}" if k == len(blocks) else
-                                  f"{k}: {', '.join(b['name'] for b in blocks[:k])}")
-    native = dict(MODELS[spec["model"]].native_freeze).get(k) if spec["model"] in MODELS else None
+                                  f"{k}: {', '.join(b.name for b in blocks[:k])}")
+    native = dict(MODELS[spec.model].native_freeze).get(k) if spec.model in MODELS else None
     text = f"{text} ({native})" if native else text
     return "; ".join([text, *_adaptation(spec)])
 
 
-def _adaptation(spec: dict) -> list[str]:
+def _adaptation(spec: TrainSpec) -> list[str]:
     """What a LoRA, soft-freeze or replay run adds to its frozen blocks, in words."""
     out = []
-    if isinstance(spec.get("lora"), dict):
-        rank, alpha = (spec["lora"].get(k) for k in ("rank", "alpha"))
-        out.append(f"LoRA adapters rank {rank}, alpha {f'{alpha:g}' if isinstance(alpha, (int, float)) else alpha}")
-    factors = spec.get("lr_factors") or (spec.get("train_config") or {}).get("lr_factors")
-    if isinstance(factors, dict):
+    if spec.lora:
+        out.append(f"LoRA adapters rank {spec.lora.rank}, alpha {spec.lora.alpha:g}")
+    factors = spec.train_config.lr_factors if spec.train_config else None
+    if factors:
         out.append("LR × " + ", ".join(f"{v:g} {k}" for k, v in factors.items()))
-    if isinstance(spec.get("replay"), dict):
-        rp = spec["replay"]
-        out.append(f"replay of {rp.get('dataset')}, {rp.get('fraction')} per training structure")
+    if spec.replay:
+        out.append(f"replay of {spec.replay.dataset}, {spec.replay.fraction} per training structure")
     return out
 
 
@@ -211,23 +210,23 @@ def _ordered(curves: dict) -> list[tuple[hl.CurveKey, list[hl.Point]]]:
 def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
     ordered = _ordered(curves)
     ft_step = {(k.model_key, k.setting, p.size): p.timing("step_s_per_structure")
-               for k, pts in curves.items() if k.strategy == "finetune" for p in pts}
+               for k, pts in curves.items() if pts[0].records[0].spec.is_full_finetune for p in pts}
     results, groups, timing = [], [], []
     for key, pts in ordered:
         for p in pts:
             rec, size = p.records[0], _size(p)
             base = [key.dataset, _model(key), labels[key]]
-            params = rec.get("parameters") or {}
-            trained = ("0" if key.strategy == "zero-shot" or rec["spec"].get("freeze_k", 0) is None else
-                       f"{params.get('trainable', 0):,} / {params.get('total', 0):,}" if params else "–")
+            params = rec.parameters
+            trained = ("0" if not rec.spec.trains else
+                       f"{params.trainable:,} / {params.total:,}" if params else "–")
             results.append([*base, _frozen(rec), size, str(len(p.records)), _ms(p.stat(hl.ENERGY)),
                             _ms(p.stat(hl.FORCES)), _ms(p.stat("stress_rmse_gpa"), 2), trained])
-            per = [r["metrics"].get("per_group", {}) for r in p.records]
+            per = [r.metrics.per_group or {} for r in p.records]
             names = sorted(per[0])
             for g in names[:max_groups]:
                 vals = [q[g] for q in per if g in q]
-                groups.append([*base, size, g, str(vals[0]["n_structures"]),
-                               *[_ms(hl.Stat.of(v.get(m) for v in vals), d) for m, d in
+                groups.append([*base, size, g, str(vals[0].n_structures),
+                               *[_ms(hl.Stat.of(v.value(m) for v in vals), d) for m, d in
                                  ((hl.ENERGY, 1), (hl.FORCES, 1), ("stress_rmse_gpa", 2))]])
             if len(names) > max_groups:
                 groups.append([*base, size, f"… {len(names) - max_groups} more groups (in the records)",
@@ -310,7 +309,7 @@ def _property_results(curves: dict) -> dict[tuple[str, str, str], list]:
         for p in pts:
             per: dict[tuple[str, str], tuple[list, list]] = defaultdict(lambda: ([], []))
             for r in p.records:
-                props = r.get("properties")
+                props = r.properties
                 if not isinstance(props, dict):
                     continue
                 for prop in ("elastic", "mixing", "relaxation"):
@@ -390,19 +389,19 @@ def _forgetting_section(curves: dict, labels: dict) -> Section | None:
     sets: dict[tuple, list[list[str]]] = defaultdict(list)
     for key, pts in _ordered(curves):
         for p in pts:
-            found = [r["forgetting"] for r in p.records if r.get("forgetting") is not None]
+            found = [r.forgetting for r in p.records if r.forgetting is not None]
             if not found:
                 continue
-            ok = [f for f in found if not _error(f)]
-            errors = [_error(f) for f in found if _error(f)]
-            first = (ok or found)[0] if isinstance((ok or found)[0], dict) else {}
+            ok = [f for f in found if not f.error]
+            errors = [f.error for f in found if f.error]
+            first = (ok or found)[0]
 
             def stat(name, side=None, ok=ok, of=hl.Stat.of):
-                return of((f.get(side) or {}).get(name) if side else f.get(name) for f in ok)
+                return of((getattr(f, side) or {}).get(name) if side else getattr(f, name) for f in ok)
 
             before_after = [f"{_ms(stat(m, 'dft_before', of=_same))} → {_ms(stat(m, 'dft_after'))}"
                             for m in (hl.ENERGY, hl.FORCES)]
-            sets[(first.get("dataset", "?"), first.get("n_structures", "?"))].append(
+            sets[(first.dataset or "?", first.n_structures or "?")].append(
                 [key.dataset, _model(key), labels[key], _size(p), str(len(ok)),
                  _ms(stat("drift_energy_rmse_mev_per_atom")), _ms(stat("drift_forces_rmse_mev_per_ang")),
                  *before_after, _note(len(ok), errors)])
@@ -422,10 +421,9 @@ def _forgetting_section(curves: dict, labels: dict) -> Section | None:
 
 
 def _surrogate_section(records: list[dict]) -> Section | None:
-    recs = sorted((r for r in records if r["spec"].get("kind") == "surrogate" and r["status"] == "ok"
-                   and isinstance(r.get("surrogate"), dict)),
-                  key=lambda r: tuple(str(r["spec"].get(k)) for k in ("dataset", "model", "teacher_strategy",
-                                                                       "train_size", "seed")))
+    recs = sorted((r for r in records if isinstance(r.spec, SurrogateSpec) and r.ok and isinstance(r.surrogate, dict)),
+                  key=lambda r: tuple(str(getattr(r.spec, k)) for k in ("dataset", "model", "teacher_strategy",
+                                                                        "train_size", "seed")))
     if not recs:
         return None
 
@@ -439,23 +437,23 @@ def _surrogate_section(records: list[dict]) -> Section | None:
 
     rows, settings = [], {}
     for r in recs:
-        spec, sg = r["spec"], r["surrogate"]
+        spec, sg = r.spec, r.surrogate
         t, st, fd, sp = (sg.get(k) or {} for k in ("teacher", "student", "foundation", "speed"))
-        metrics = [r.get("metrics") or st.get("metrics") or {}, t.get("metrics") or {}, fd.get("metrics") or {}]
-        teacher = (f"{spec.get('model')} ({spec.get('checkpoint')}) {t.get('strategy') or spec.get('teacher_strategy')}"
-                   f", n={t.get('n_train', spec.get('train_size'))}, {params(t)} params")
+        metrics = [r.metrics.to_dict() if r.metrics else st.get("metrics") or {}, t.get("metrics") or {},
+                   fd.get("metrics") or {}]
+        teacher = (f"{spec.model} ({spec.checkpoint}) {t.get('strategy') or spec.teacher_strategy}"
+                   f", n={t.get('n_train', spec.train_size)}, {params(t)} params")
         parts = " + ".join(_fmt(st.get(k), 0) for k in ("n_pool", "n_rattled", "n_md"))
         rows.append([
-            str(spec.get("dataset", "–")), teacher, str(spec.get("seed", "–")),
+            spec.dataset, teacher, str(spec.seed),
             f"{st.get('architecture', '?')}, {params(st)} params", f"{_fmt(st.get('n_labelled'), 0)} ({parts})",
             *[" / ".join(_fmt(m.get(name)) for m in metrics) for name in (hl.FORCES, hl.ENERGY)],
             " / ".join(_fmt(sp.get(f"{who}_atoms_per_s"), 0) for who in ("student", "teacher", "foundation")),
             speedup(sp.get("speedup_vs_teacher")), speedup(sp.get("speedup_vs_foundation")),
             f"{sp.get('n_structures', '?')} ({sp.get('n_atoms', '?')} atoms)"])
-        how = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in spec[name].items())
-                        for name in ("rattle", "md") if isinstance(spec.get(name), dict))
-        if how:
-            settings.setdefault(how, []).append(spec.get("dataset", "–"))
+        how = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in getattr(spec, name).items())
+                        for name in ("rattle", "md"))
+        settings.setdefault(how, []).append(spec.dataset)
     sec = Section("Surrogate distillation", (
         "A small student model trained from scratch on structures labelled by a fine-tuned teacher: "
         "the teacher's training pool, rattled copies of it and frames of short MD runs with the teacher "
@@ -471,27 +469,16 @@ def _surrogate_section(records: list[dict]) -> Section | None:
     return sec
 
 
-def _what(spec: dict) -> str:
-    """A run's strategy, or what kind of job it is."""
-    kind = spec.get("kind", "train")
-    if kind == "perf":
-        return "timing job"
-    if kind == "surrogate":
-        return f"surrogate (teacher: {spec.get('teacher_strategy')})"
-    return str(spec.get("strategy", "–"))
-
-
-def _environment(records: list[dict]) -> Section:
+def _environment(records: list[Record]) -> Section:
     seen: dict[tuple, list] = {}
     for r in records:
-        if r["status"] != "ok":
+        if not r.ok:
             continue
-        e, p = r.get("environment", {}), r.get("provenance", {})
-        row = (r["spec"]["model"], ", ".join(f"{k} {v}" for k, v in sorted(e.get("packages", {}).items())),
-               *(str(e.get(k, "–")) for k in ("device", "threads", "cpu")),
-               str(p.get("hostname") or p.get("host") or "–"),
-               f"{(p.get('commit') or 'unknown')[:10]}{' (dirty)' if p.get('dirty') else ''}")
-        seen.setdefault(row, []).append((r.get("timing") or {}).get("reference_workload_s"))
+        e, p = r.environment or Environment(), r.provenance or Provenance()
+        row = (r.spec.model, ", ".join(f"{k} {v}" for k, v in sorted(e.packages.items())),
+               *(str(v if v is not None else "–") for v in (e.device, e.threads, e.cpu)),
+               p.hostname or "–", f"{(p.commit or 'unknown')[:10]}{' (dirty)' if p.dirty else ''}")
+        seen.setdefault(row, []).append(r.timing.reference_workload_s if r.timing else None)
     env = Section("Environment and provenance", "Reference workload: a fixed torch workload timed by "
                   "the worker, to compare timings across machines.")
     env.table(["model", "packages", "device", "threads", "CPU", "host", "commit", "reference workload (s)"],
@@ -499,15 +486,15 @@ def _environment(records: list[dict]) -> Section:
     return env
 
 
-def build_sections(records: list[dict], root: Path | None = None, headline: dict | None = None,
+def build_sections(records: list[Record], root: Path | None = None, headline: dict | None = None,
                    max_groups: int = MAX_GROUPS) -> list[Section]:
     """Report sections; ``root`` (the results directory) is needed for the parity plots,
     ``headline`` holds ``bench.headline.headline`` settings (a preset's ``[headline]``)."""
     counts: dict[str, int] = defaultdict(int)
     kinds: dict[str, int] = defaultdict(int)
     for r in records:
-        counts[r["status"]] += 1
-        kinds[r["spec"].get("kind", "train")] += 1
+        counts[r.status] += 1
+        kinds[r.spec.kind] += 1
     h = hl.headline(records, **(headline or {}))
     curves = hl.curves(records)
     labels = hl.strategy_labels(curves)
@@ -519,9 +506,9 @@ def build_sections(records: list[dict], root: Path | None = None, headline: dict
                     ". Errors are on each dataset's fixed test set; mean ± std over seeds.")
     bad = Section("Failed, skipped and diverged runs")
     bad.table(["dataset", "model", "strategy", "train size", "seed", "status", "reason"],
-              [[str(r["spec"].get("dataset", "–")), str(r["spec"].get("model", "–")), _what(r["spec"]),
-                *(str(r["spec"].get(k, "–")) for k in ("train_size", "seed"))]
-               + [r["status"], (r.get("reason") or "")[:400]] for r in records if r["status"] != "ok"])
+              [[r.spec.dataset, r.spec.model, r.spec.what,
+                *(str(getattr(r.spec, k, "–")) for k in ("train_size", "seed"))]
+               + [r.status, (r.reason or "")[:400]] for r in records if not r.ok])
     perf = Section("Performance targets",
                    "Each model's timing job compares the adapter's batched predict (featurization included) "
                    "with the library's own ASE calculator on the same structures; both use the same "

@@ -1,28 +1,25 @@
-"""Results store: one JSON record per run, named by the hash of its spec.
+"""Results store: one JSON record per run (``bench.core.contract.Record``).
 
-    <out>/records/<run_id>.json      the record (schema below, version SCHEMA_VERSION)
+    <out>/records/<run_id>.json      the record (schema version SCHEMA_VERSION)
     <out>/predictions/<run_id>.npz   test-set predictions and labels
     <out>/logs/<run_id>.log          the worker's stdout/stderr
 
-Writes go to a temporary file and ``os.replace`` it, so a killed run never leaves a
-truncated record, and parallel writers never share a file. Reports read only this store.
-
-Record keys: ``schema_version``, ``run_id``, ``spec`` (everything that defines the run),
-``status`` (ok | failed | skipped | diverged) and ``reason``, ``metrics`` (meV/atom, meV/Å,
-GPa; ``per_group``), ``curve`` (per epoch), ``timing``, ``parameters`` (trainable/total),
-``blocks``, ``environment`` (packages, threads, device, CPU), ``provenance`` (commit,
-host, times).
+A run's id covers its spec and its runtime (device kind, key package versions), so the
+same spec run on a CPU and on a GPU are two records. Writes go to a temporary file and
+``os.replace`` it, so a killed run never leaves a truncated record, and parallel writers
+never share a file. A new record of a spec replaces that spec's earlier records that are
+not ``ok`` (an earlier failure of the same run); ``ok`` records made elsewhere stay.
+Reports read only this store.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+from collections import defaultdict
 from pathlib import Path
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "skipped", "diverged")
+from bench.core.contract import SCHEMA_VERSION, ContractError, Record, Runtime, Spec, run_id
+from bench.core.util import atomic_write_json
 
 
 class StoreError(RuntimeError):
@@ -47,30 +44,18 @@ def _load_json(path: Path, what: str) -> dict:
     return data
 
 
-def run_id(spec: dict) -> str:
-    """Stable hash of a run spec (canonical JSON)."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=float))
-    os.replace(tmp, path)
-
-
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.records = self.root / "records"
+        self._by_spec: dict[str, set[str]] | None = None  # spec_id -> run ids, read once
 
     def prepare(self) -> Store:
         """Create or reopen a results directory; refuse one of another schema version before
         touching anything in it (it is checked first, and nothing is created or rewritten)."""
-        if not self._check_marker() and self.records.is_dir():
-            for path in sorted(self.records.glob("*.json")):  # records from before the marker existed
-                self._read(path)
+        self._check_marker()
+        if self.records.is_dir():
+            self._index()  # every record readable, of this schema version
         for sub in ("records", "predictions", "logs", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if not self.marker.exists():
@@ -81,38 +66,63 @@ class Store:
     def marker(self) -> Path:
         return self.root / "store.json"
 
-    def _check_marker(self) -> bool:
-        """Whether ``store.json`` exists; a StoreError if it names another schema version."""
+    def _check_marker(self) -> None:
+        """A StoreError if ``store.json`` names another schema version."""
         if not self.marker.exists():
-            return False
+            return
         version = _load_json(self.marker, "store marker").get("schema_version")
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.marker}: results of schema version {version}, but this ftbench reads and "
                              f"writes version {SCHEMA_VERSION}; {NEW_OUT}")
-        return True
 
     def path(self, rid: str) -> Path:
         return self.records / f"{rid}.json"
 
-    def get(self, rid: str) -> dict | None:
+    def get(self, rid: str) -> Record | None:
         path = self.path(rid)
-        if not path.exists():
-            return None
-        return self._read(path)
+        return self._read(path) if path.exists() else None
 
-    def _read(self, path: Path) -> dict:
-        record = _load_json(path, "record")
-        if record.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{path}: record of schema version {record.get('schema_version')}, but this "
+    def _read(self, path: Path) -> Record:
+        data = _load_json(path, "record")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{path}: record of schema version {data.get('schema_version')}, but this "
                              f"ftbench reads and writes version {SCHEMA_VERSION}; {NEW_OUT}")
-        return record
+        try:
+            return Record.from_dict(data)
+        except (ContractError, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: not a record this ftbench can read ({exc}); move it aside to rerun it") from exc
 
-    def put(self, record: dict) -> None:
-        if record["status"] not in STATUSES:
-            raise ValueError(f"status {record['status']!r} not in {STATUSES}")
-        atomic_write_json(self.path(record["run_id"]), record)
+    def _index(self) -> dict[str, set[str]]:
+        if self._by_spec is None:
+            by_spec: dict[str, set[str]] = defaultdict(set)
+            for path in sorted(self.records.glob("*.json")):
+                by_spec[self._read(path).spec_id].add(path.stem)
+            self._by_spec = by_spec
+        return self._by_spec
 
-    def all(self) -> list[dict]:
+    def find(self, spec: Spec, runtime: Runtime) -> Record | None:
+        """The stored record of this spec on this runtime (also one stored under an older
+        id, before ids covered the runtime), or None."""
+        record = self.get(run_id(spec, runtime))
+        if record is not None:
+            return record
+        for rid in sorted(self._index().get(spec.spec_id, ())):
+            other = self.get(rid)
+            if other is not None and other.runtime == runtime:
+                return other
+        return None
+
+    def put(self, record: Record) -> None:
+        atomic_write_json(self.path(record.run_id), record.to_dict())
+        ids = self._index()[record.spec_id]
+        for rid in sorted(ids - {record.run_id}):  # an earlier failure of this run is superseded
+            old = self.get(rid)
+            if old is None or not old.ok:
+                self.path(rid).unlink(missing_ok=True)
+                ids.discard(rid)
+        ids.add(record.run_id)
+
+    def all(self) -> list[Record]:
         if not self.records.is_dir():
             raise StoreError(f"{self.root}: no records/ directory; is this a results directory?")
         self._check_marker()  # e.g. `bench report` on an old directory: refuse before writing a report

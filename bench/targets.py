@@ -18,6 +18,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from bench.core.contract import PerfSpec, Record, TrainSpec
+
 SPEEDUP_TARGET = 3.0
 DATA_PREP_TARGET = 0.10
 SWEEP_BUDGET_S = {"quick": 20 * 60}
@@ -35,23 +37,23 @@ def read_sweeps(results_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def target_rows(records: list[dict], sweeps: list[dict]) -> tuple[list[str], list[list[str]]]:
+def target_rows(records: list[Record], sweeps: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = []
-    for r in sorted((r for r in records if r["spec"].get("kind") == "perf" and r["status"] == "ok"),
-                    key=lambda r: (r["spec"]["dataset"], r["spec"]["model"])):
-        t = r["timing"]
-        speedup = t["speedup_vs_ase_calculator"]
-        rows.append([r["spec"]["model"], f"batched predict vs ASE calculator ({t['n_structures']} "
-                     f"{r['spec']['dataset']} structures; {r.get('model_source', '')})",
-                     f"{1000 * t['predict_s_per_structure']:.1f} vs {1000 * t['ase_calculator_s_per_structure']:.1f}"
-                     f" ms/structure = {speedup:.2f}× (agree to {t['max_energy_diff_mev_per_atom']:.3f} meV/atom, "
-                     f"{t['max_force_diff_mev_per_ang']:.3f} meV/Å)",
+    for r in sorted((r for r in records if isinstance(r.spec, PerfSpec) and r.ok),
+                    key=lambda r: (r.spec.dataset, r.spec.model)):
+        t = r.timing
+        speedup = t.speedup_vs_ase_calculator
+        rows.append([r.spec.model, f"batched predict vs ASE calculator ({t.n_structures} "
+                     f"{r.spec.dataset} structures; {r.model_source or ''}; {r.runtime.device})",
+                     f"{1000 * t.predict_s_per_structure:.1f} vs {1000 * t.ase_calculator_s_per_structure:.1f}"
+                     f" ms/structure = {speedup:.2f}× (agree to {t.max_energy_diff_mev_per_atom:.3f} meV/atom, "
+                     f"{t.max_force_diff_mev_per_ang:.3f} meV/Å)",
                      f"≥ {SPEEDUP_TARGET:.0f}×", _verdict(speedup >= SPEEDUP_TARGET)])
     prep: dict[str, list[float]] = defaultdict(list)
     for r in records:
-        frac = (r.get("timing") or {}).get("data_fraction_after_epoch1")
-        if r["status"] == "ok" and frac is not None and r["spec"].get("kind", "train") == "train":
-            prep[r["spec"]["model"]].append(frac)
+        frac = r.timing.data_fraction_after_epoch1 if r.timing else None
+        if r.ok and frac is not None and isinstance(r.spec, TrainSpec):
+            prep[r.spec.model].append(frac)
     for model, fracs in sorted(prep.items()):
         rows.append([model, f"data preparation share of epoch time after epoch 1 ({len(fracs)} runs)",
                      f"max {100 * max(fracs):.2f} %", f"< {100 * DATA_PREP_TARGET:.0f} %",

@@ -21,9 +21,11 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import PROJECT_ROOT, envs
+from bench.core.contract import Runtime
 from bench.registry import ModelInfo
 
 
@@ -98,33 +100,72 @@ def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a family's runs go in a slot: the runtime they are recorded under, the device
+    string the worker uses (cpu, cuda, cuda:N), and why they cannot run, if so."""
+
+    runtime: Runtime
+    device: str
+    problem: str | None = None
+
+
+def place(environment: envs.Environment, model: ModelInfo, device: str, visible: str | None) -> Placement:
+    """Resolve ``--device`` (auto, cpu, cuda, cuda:N) for this environment; ``visible``: the
+    slot's CUDA_VISIBLE_DEVICES, if it sets one."""
+    packages = environment.packages
+    if device == "cpu" or (device == "auto" and not environment.cuda_devices):
+        return Placement(Runtime(device="cpu", packages=packages), "cpu")
+    names = environment.cuda_devices or ()
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index < len(names):
+        return Placement(Runtime(device=f"cuda:{names[index]}", packages=packages), device if device != "auto"
+                         else "cuda")
+    if environment.cuda_devices is None:
+        why = "nvidia-smi lists no GPU on this machine"
+    elif environment.torch_cuda is None:
+        why = f"the {model.env} environment's torch {packages.get('torch', '?')} is built without CUDA"
+    else:
+        why = f"torch sees {len(names)} CUDA device(s){f' (CUDA_VISIBLE_DEVICES={visible})' if visible else ''}"
+    return Placement(Runtime(device=f"{device} (not visible)", packages=packages), device,
+                     f"--device {device}: no CUDA device is visible to the {model.env} workers: {why}")
+
+
 class WorkerSlot:
     """One worker's fork servers (one per family environment, started on first use and
     restarted when lost), its torch threads and extra environment (e.g. its GPU)."""
 
     def __init__(self, store_root: Path, threads: int, env: dict[str, str] | None = None):
         self.store_root, self.threads, self.env = Path(store_root), threads, env or {}
-        self.pythons: dict[str, Path | Exception] = {}
+        self.environments: dict[str, envs.Environment | Exception] = {}
         self.servers: dict[str, ForkServer] = {}
         self.env_setup_s = 0.0  # checking (and building) environments
 
-    def server(self, model: ModelInfo) -> ForkServer | Exception:
-        if model.env not in self.pythons:
+    def placement(self, model: ModelInfo, device: str) -> Placement | Exception:
+        """Where this slot runs the family's runs, or why its environment is unavailable."""
+        if model.env not in self.environments:
             t0 = time.perf_counter()
             try:
-                self.pythons[model.env] = envs.ensure(model, log=log_to_stderr)
+                found = envs.ensure(model, log=log_to_stderr)
+                if device != "cpu" and envs.visible_gpus():
+                    found = envs.probe(model, found.python, cuda=True, env=self.env) or found
+                self.environments[model.env] = found
             except envs.EnvironmentBuildError as exc:
-                self.pythons[model.env] = exc
+                self.environments[model.env] = exc
             self.env_setup_s += time.perf_counter() - t0
-        python = self.pythons[model.env]
-        if isinstance(python, Exception):
-            return python
+        found = self.environments[model.env]
+        if isinstance(found, Exception):
+            return found
+        return place(found, model, device, self.env.get("CUDA_VISIBLE_DEVICES"))
+
+    def server(self, model: ModelInfo) -> ForkServer:
+        """The family's fork server in this slot (after ``placement`` found its environment)."""
         server = self.servers.get(model.env)
         if server is None or not server.alive:
             env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(self.threads),
                    "PYTHONUNBUFFERED": "1", "BENCH_PARENT_PID": str(os.getpid()), **self.env}
             log = self.store_root / "logs" / f"server-{model.env}-{os.getpid()}-{id(self)}.log"
-            server = ForkServer(python, model.adapter, log, env)
+            server = ForkServer(self.environments[model.env].python, model.adapter, log, env)
             self.servers[model.env] = server
         return server
 

@@ -229,7 +229,7 @@ def _first_bad_xyz_frame(path: Path) -> str:
     ASE's error names neither frame nor line, and it indexes the whole file before reading,
     so the frame is found here by walking the atom-count headers.
     """
-    from ase.io import read  # noqa: PLC0415
+    from ase.io import read
 
     lines = path.read_text(errors="replace").splitlines(keepends=True)
     start, frame = 0, 0
@@ -246,7 +246,7 @@ def _first_bad_xyz_frame(path: Path) -> str:
             return f"frame {frame} (line {start + 1}): truncated, {max(0, len(block) - 2)} of {n} atom lines"
         try:
             read(io.StringIO("".join(block)), format="extxyz")
-        except Exception as exc:  # noqa: BLE001 - any parse error locates the frame
+        except Exception as exc:
             return f"frame {frame} (line {start + 1}): {type(exc).__name__}: {exc}"
         start, frame = start + n + 2, frame + 1
     return ""
@@ -254,7 +254,7 @@ def _first_bad_xyz_frame(path: Path) -> str:
 
 def _first_bad_frame(path: Path) -> str:
     """Locate the first unreadable frame of a file ASE refused (best effort; '' if unknown)."""
-    from ase.io import iread  # noqa: PLC0415
+    from ase.io import iread
 
     n = 0
     try:
@@ -262,7 +262,7 @@ def _first_bad_frame(path: Path) -> str:
             return _first_bad_xyz_frame(path)
         for _ in iread(path, index=":"):
             n += 1
-    except Exception:  # noqa: BLE001 - the frame reached is what we want
+    except Exception:
         return f"frame {n}"
     return ""
 
@@ -276,7 +276,7 @@ def read_ase_file(path: Path, *, leak_per_file: bool = False, stress: str = "ase
     a split (default: one per frame, or one per file with ``leak_per_file``, as for
     relaxation trajectories).
     """
-    from ase.io import read  # noqa: PLC0415 - keep `import datasets` light
+    from ase.io import read
 
     stress_convention(stress, str(path))
     if stress != "ase":

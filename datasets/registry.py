@@ -7,7 +7,6 @@ canonical repository at the pinned commit. Every file is checked against its sha
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import tomllib
@@ -19,10 +18,12 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from bench import PROJECT_ROOT
+from bench.core.util import did_you_mean
 from datasets.converters import READERS, stress_convention
 from datasets.errors import DatasetError
+from datasets.labels import has_stress
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
@@ -60,17 +61,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    """' Did you mean ...?' for an unknown name, or ''."""
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _download(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as fh:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as fh:
             fh.write(resp.read())
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -141,7 +136,7 @@ class Dataset:
 
     @property
     def has_stress(self) -> bool:
-        return all("stress" in a.calc.results for a in self.pool + self.test)
+        return has_stress(self.pool + self.test)
 
 
 def _split_test(frames: list[Atoms], how: str, fraction: float) -> tuple[list[Atoms], list[Atoms]]:
@@ -172,7 +167,7 @@ def load_dataset(name_or_path: str, *, test_fraction: float = 0.2) -> Dataset:
     if name_or_path not in catalog():
         raise DatasetError(
             f"unknown dataset {name_or_path!r}; registered: {', '.join(DATASETS)}, "
-            f"or a path to an .xyz/.extxyz/.traj file.{suggest(name_or_path, DATASETS)}"
+            f"or a path to an .xyz/.extxyz/.traj file.{did_you_mean(name_or_path, DATASETS)}"
         )
     entry = catalog()[name_or_path]
     check_entry(name_or_path, entry)

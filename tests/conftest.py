@@ -52,6 +52,8 @@ SYNTH_DESIGN = {
 }
 SYNTH_STEP_S = {"scratch": 0.02, "finetune": 0.02, "freeze-interactions": 0.008, "lora": 0.012,
                 "soft-freeze": 0.02, "replay": 0.03}
+SYNTH_SHA = "5" * 64
+SYNTH_FREEZE_K = {"scratch": 0, "finetune": 0, "soft-freeze": 0, "replay": 0, "lora": 6}  # else 5
 SYNTH_CHECKPOINT = {"chgnet": "0.3.0", "m3gnet": "M3GNet-MatPES-PBE-v2025.1-PES"}
 # The strategies with settings of their own, at two sizes only (their curves are shorter).
 SYNTH_NEW_SIZES = (20, 100)
@@ -103,8 +105,10 @@ def synth_val_curve(final_f: float, epoch_s: float) -> list[dict]:
 def write_synthetic_store(root):
     import json
 
-    from bench.metrics import error_metrics
-    from bench.store import SCHEMA_VERSION, Store, run_id
+    from bench.core.contract import SCHEMA_VERSION
+    from bench.core.metrics import error_metrics
+    from bench.core.util import digest as run_id  # records in the format before ids covered the runtime
+    from bench.store import Store
 
     store = Store(root).prepare()
     n_test, n_at, n_groups = SYNTH_TEST
@@ -114,7 +118,7 @@ def write_synthetic_store(root):
     groups = [f"traj-{i % n_groups:03d}" for i in range(n_test)]
 
     def put(spec, status="ok", reason=None, forces=None, energy=None, timing=None, curve=None, **extra):
-        spec = {"schema_version": SCHEMA_VERSION, "kind": "train", "dataset": "synth",
+        spec = {"schema_version": SCHEMA_VERSION, "kind": "train", "dataset": "synth", "dataset_sha256": SYNTH_SHA,
                 "family": spec["model"], "checkpoint": SYNTH_CHECKPOINT[spec["model"]], **spec}
         rid = run_id(spec)
         rec = {"schema_version": SCHEMA_VERSION, "run_id": rid, "spec": spec, "status": status,
@@ -137,7 +141,8 @@ def write_synthetic_store(root):
     for (model, strategy), (fs, es) in {**SYNTH_DESIGN, **SYNTH_NEW_DESIGN}.items():
         if strategy == "zero-shot":
             put({"model": model, "strategy": strategy, "freeze_k": None, "e0_policy": "foundation",
-                 "train_size": 0, "seed": 0, "train_config": None}, forces=fs[0], energy=es[0],
+                 "train_size": 0, "train_size_requested": 0, "seed": 0, "train_config": None},
+                forces=fs[0], energy=es[0],
                 timing={"load_s": 1.0, "inference_atoms_per_s": 1000.0 if model == "chgnet" else 400.0,
                         "peak_rss_mb": 900.0}, properties=synth_properties(model, strategy, 0))
             continue
@@ -161,14 +166,15 @@ def write_synthetic_store(root):
                 if strategy in SYNTH_DRIFT_F:
                     extra["forgetting"] = synth_forgetting(model, strategy, size, seed)
                 put({"model": model, "strategy": strategy,
-                     "freeze_k": {"scratch": 0, "finetune": 0, "soft-freeze": 0, "replay": 0, "lora": 6}.get(strategy, 5),
-                     "e0_policy": "refit", "train_size": size, "pool_size": SYNTH_POOL,
+                     "freeze_k": SYNTH_FREEZE_K.get(strategy, 5),
+                     "e0_policy": "refit", "train_size": size, "train_size_requested": size, "pool_size": SYNTH_POOL,
                      "train_fraction": size / SYNTH_POOL, "seed": seed, "train_config": config, **fields},
                     forces=f * k, energy=e * k, curve=synth_val_curve(f * k, epoch_s),
                     timing={"train_s": 4 * epoch_s, "step_s_per_structure": SYNTH_STEP_S[strategy],
                             "peak_rss_mb": 1000.0 + size + 100 * seed, "best_epoch": 4,
                             "data_fraction_after_epoch1": 0.01}, **extra)
-    perf = {"schema_version": SCHEMA_VERSION, "kind": "perf", "dataset": "synth", "model": "m3gnet",
+    perf = {"schema_version": SCHEMA_VERSION, "kind": "perf", "dataset": "synth", "dataset_sha256": SYNTH_SHA,
+            "model": "m3gnet",
             "family": "m3gnet", "checkpoint": SYNTH_CHECKPOINT["m3gnet"], "n_structures": 20}
     (store.records / f"{run_id(perf)}.json").write_text(json.dumps(
         {"schema_version": SCHEMA_VERSION, "run_id": run_id(perf), "spec": perf, "status": "ok", "reason": None,
@@ -180,10 +186,10 @@ def write_synthetic_store(root):
          "parameters": {"trainable": 1000, "total": 1000}, "provenance": {"commit": "abc1234def"},
          "environment": {"packages": {"m3gnet": "1.0"}, "device": "cpu", "threads": 2, "cpu": "synthetic"}}))
     put({"model": "chgnet", "strategy": "finetune", "freeze_k": 0, "e0_policy": "refit", "train_size": 20,
-         "train_fraction": 0.2, "seed": 2, "train_config": {"epochs": 4}}, status="failed",
+         "train_size_requested": 20, "train_fraction": 0.2, "seed": 2, "train_config": {"epochs": 4}}, status="failed",
         reason="worker killed by SIGKILL (out of memory?)")
     put({"model": "m3gnet", "strategy": "finetune", "freeze_k": 0, "e0_policy": "refit", "train_size": 5,
-         "train_fraction": 0.05, "seed": 2, "train_config": {"epochs": 4}}, status="skipped",
+         "train_size_requested": 5, "train_fraction": 0.05, "seed": 2, "train_config": {"epochs": 4}}, status="skipped",
         reason="checkpoint not cached at /nowhere; pass --checkpoint PATH")
     for rec in synth_surrogates():
         (store.records / f"{rec['run_id']}.json").write_text(json.dumps(rec))
@@ -233,14 +239,16 @@ def synth_forgetting(model: str, strategy: str, size: int, seed: int) -> dict:
 def synth_surrogates() -> list[dict]:
     """An ok surrogate job (chgnet finetune teacher, with timings a train record would have, which
     must not leak into the headline or targets) and a failed one (m3gnet)."""
-    from bench.store import SCHEMA_VERSION, run_id
+    from bench.core.contract import SCHEMA_VERSION
+    from bench.core.util import digest as run_id
 
     out = []
     for model, teacher, status in (("chgnet", "finetune", "ok"), ("m3gnet", "freeze-interactions", "failed")):
-        spec = {"schema_version": SCHEMA_VERSION, "kind": "surrogate", "dataset": "synth", "model": model,
+        spec = {"schema_version": SCHEMA_VERSION, "kind": "surrogate", "dataset": "synth", "dataset_sha256": SYNTH_SHA,
+                "model": model,
                 "family": model, "checkpoint": SYNTH_CHECKPOINT[model], "teacher_strategy": teacher,
                 "freeze_k": 0 if teacher == "finetune" else 5, "e0_policy": "refit", "train_size": SYNTH_POOL,
-                "pool_size": SYNTH_POOL, "seed": 0, "train_config": {"epochs": 4},
+                "pool_size": SYNTH_POOL, "seed": 0, "n_val": 5, "train_config": {"epochs": 4}, "speed_structures": 8,
                 "student": {"architecture": {"units": 32, "nblocks": 2}, "epochs": 30, "lr": 0.003},
                 "rattle": {"copies": 2, "stdev_ang": 0.04, "strain": 0.01},
                 "md": {"structures": 4, "steps": 20, "every": 5, "temperature_k": 600.0}}
@@ -263,7 +271,8 @@ def synth_surrogates() -> list[dict]:
             "surrogate": {
                 "teacher": {"strategy": teacher, "n_train": SYNTH_POOL, "metrics": teacher_m,
                             "parameters": {"trainable": 1000, "total": 1000}},
-                "student": {"architecture": "M3GNet units=32 nblocks=2", "parameters": {"trainable": 5000, "total": 5000},
+                "student": {"architecture": "M3GNet units=32 nblocks=2",
+                            "parameters": {"trainable": 5000, "total": 5000},
                             "n_labelled": 180, "n_pool": 100, "n_rattled": 60, "n_md": 20, "metrics": student,
                             "epochs_run": 30},
                 "foundation": {"metrics": foundation_m, "parameters": {"trainable": 1000, "total": 1000}},
@@ -280,3 +289,24 @@ def synthetic_store(tmp_path):
     foundation-started runs), one timing job (m3gnet), one failed and one skipped run, one ok and
     one failed surrogate job: 67 records."""
     return write_synthetic_store(tmp_path / "results")
+
+
+def edited(record, change):
+    """A copy of a typed record with ``change(d)`` applied to its dict form."""
+    from bench.core.contract import Record
+
+    data = record.to_dict()
+    change(data)
+    return Record.from_dict(data)
+
+
+def minimal_record(run_id: str = "abc", status: str = "ok", version: int | None = None) -> dict:
+    """The smallest valid record dict (a zero-shot run); ``version``: its schema version."""
+    from bench.core.contract import SCHEMA_VERSION
+
+    spec = {"schema_version": SCHEMA_VERSION, "kind": "train", "model": "chgnet", "family": "chgnet",
+            "checkpoint": "0.3.0", "dataset": "synth", "dataset_sha256": "5" * 64, "strategy": "zero-shot",
+            "freeze_k": None, "e0_policy": "foundation", "train_size": 0, "train_size_requested": 0, "seed": 0,
+            "train_config": None}
+    return {"schema_version": SCHEMA_VERSION if version is None else version, "run_id": run_id, "status": status,
+            "reason": None, "spec": spec, "runtime": {"device": "cpu", "packages": {"torch": "2.13.0"}}}

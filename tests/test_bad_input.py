@@ -13,13 +13,14 @@ import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from bench.store import SCHEMA_VERSION, Store, StoreError
+from bench.core.contract import SCHEMA_VERSION
+from bench.store import Store, StoreError
 from datasets import DatasetError, load_dataset
 from datasets import registry as registry_module
 from datasets.converters import STRESS_CONVENTIONS, read_ase_file, read_mlearn_json, read_snap_json
 from datasets.registry import catalog, check_entry
 from datasets.splits import parse_size, plan_split, resolve_size
-from tests.conftest import emt_frames
+from tests.conftest import emt_frames, minimal_record
 
 SHARED = registry_module.PROJECT_ROOT.parent / "shared" / "datasets"
 
@@ -291,8 +292,7 @@ def _old_store(root: Path, marker_version: int | None = 0, record_version: int =
     (root / "records").mkdir(parents=True)
     if marker_version is not None:
         (root / "store.json").write_text(json.dumps({"schema_version": marker_version}))
-    (root / "records" / "abc.json").write_text(json.dumps(
-        {"schema_version": record_version, "run_id": "abc", "status": "ok", "spec": {}}))
+    (root / "records" / "abc.json").write_text(json.dumps(minimal_record(version=record_version)))
     return root
 
 
@@ -348,7 +348,7 @@ def test_current_store_reopens_and_keeps_its_records(tmp_path):
     root = _old_store(tmp_path / "ok", marker_version=None, record_version=SCHEMA_VERSION)
     store = Store(root).prepare()  # records of this version and no marker: the marker is added
     assert json.loads((root / "store.json").read_text()) == {"schema_version": SCHEMA_VERSION}
-    assert store.get("abc")["status"] == "ok" and len(Store(root).prepare().all()) == 1
+    assert store.get("abc").status == "ok" and len(Store(root).prepare().all()) == 1
     shutil.rmtree(root / "logs")
     assert (Store(root).prepare().root / "logs").is_dir()
 

@@ -9,8 +9,11 @@ import pytest
 
 from bench.cli import main
 from bench.compare import DEFAULT_TOLERANCES, compare
-from bench.metrics import METRICS
-from bench.store import Store, run_id
+from bench.core.contract import Record
+from bench.core.metrics import METRICS
+from bench.core.util import digest
+from bench.store import Store
+from tests.conftest import edited
 
 DATASET = {"dataset": "mlearn-Mo", "dataset_sha256": "3220d8c0c039c93dcd3d6f80e920076e8ec4c4b467fb61652c67f78aa884adc0",
            "schema_version": 1}
@@ -18,8 +21,8 @@ TRAIN = {"batch_size": 4, "epochs": 4, "lr": 0.001, "max_time_s": 1800.0, "patie
 
 
 def _record(spec: dict, metrics: dict, timing: dict) -> dict:
-    spec = {**DATASET, **spec}
-    return {"schema_version": 1, "run_id": run_id(spec), "spec": spec, "status": "ok", "reason": None,
+    spec = {**DATASET, "train_size_requested": spec["train_size"], **spec}
+    return {"schema_version": 1, "run_id": digest(spec), "spec": spec, "status": "ok", "reason": None,
             "metrics": metrics, "timing": timing,
             "environment": {"device": "cpu", "threads": 2, "cpu": "Intel(R) Xeon(R) Processor"}}
 
@@ -43,7 +46,7 @@ CHGNET_ZERO_SHOT = _record(
 def write(root, *records) -> str:
     store = Store(root).prepare()
     for rec in records:
-        store.put(rec)
+        store.put(rec if isinstance(rec, Record) else Record.from_dict(rec))
     return str(root)
 
 
@@ -94,7 +97,7 @@ def test_forces_rmse_against_tolerance(dirs, capsys, tmp_path, factor, code, ver
     assert row["verdict"] == verdict
     assert {r["verdict"] for r in rows if r is not row} == {"ok"}
     if code:
-        assert "regressions:\n  m3gnet/scratch/n15/s0" in out and "forces_rmse_mev_per_ang: 1565 -> 1878" in out
+        assert "regressions:\n  m3gnet scratch n=15 seed=0" in out and "forces_rmse_mev_per_ang: 1565 -> 1878" in out
 
 
 def test_tolerances_from_cli_toml_and_dict(dirs, capsys, tmp_path):
@@ -170,7 +173,7 @@ def test_missing_run_fails_unless_allowed_and_new_run_is_info(dirs, capsys, tmp_
     base, _ = dirs
     cand = write(tmp_path / "only-scratch", M3GNET_SCRATCH)
     code, out = run(capsys, base, cand)
-    assert code == 1 and "missing in candidate" in out and "chgnet/zero-shot" in out.split("regressions:")[1]
+    assert code == 1 and "missing in candidate" in out and "chgnet zero-shot" in out.split("regressions:")[1]
     code, out = run(capsys, base, cand, "--allow-missing")
     assert code == 0 and "1 missing in candidate" in out
     code, out = run(capsys, cand, base)
@@ -201,13 +204,16 @@ def test_the_committed_regression_baseline_passes_itself_and_fails_when_made_wor
 
     baseline = PROJECT_ROOT / "reports" / "baselines" / "regression"
     records = Store(baseline).all()
-    trained = [r for r in records if r["status"] == "ok" and r["spec"]["strategy"] != "zero-shot"]
-    assert {r["spec"]["model"] for r in trained} == {"chgnet", "mace", "m3gnet", "sevennet"}
-    assert all(r["timing"]["reference_workload_s"] > 0 for r in trained)
+    trained = [r for r in records if r.ok and r.spec.trains]
+    assert {r.spec.model for r in trained} == {"chgnet", "mace", "m3gnet", "sevennet"}
+    assert all(r.timing.reference_workload_s > 0 for r in trained)
     assert main(["compare", str(baseline), write(tmp_path / "same", *records)]) == 0
-    worse = copy.deepcopy(records)
-    victim = next(r for r in worse if r["spec"]["model"] == "m3gnet" and r["spec"]["strategy"] == "finetune")
-    victim["metrics"]["forces_rmse_mev_per_ang"] *= 1.25
+
+    def worse_forces(d):
+        d["metrics"]["forces_rmse_mev_per_ang"] *= 1.25
+
+    worse = [edited(r, worse_forces) if r.spec.model == "m3gnet" and r.spec.what == "finetune" else r
+             for r in records]
     capsys.readouterr()
     assert main(["compare", str(baseline), write(tmp_path / "worse", *worse)]) == 1
     out = capsys.readouterr().out
@@ -219,18 +225,22 @@ def test_surrogate_jobs_are_compared_by_run_id_on_the_students_metrics(synthetic
     records = Store(synthetic_store).all()
     result = compare(records, records)
     assert result["summary"]["passed"] and result["summary"]["runs_matched"] == len(records) == 67
-    surrogate = [r for r in result["rows"] if "/surrogate-of-" in r["run"]]
-    assert {r["run"].split()[0] for r in surrogate} == {"chgnet/surrogate-of-finetune/n100/s0",
-                                                        "m3gnet/surrogate-of-freeze-interactions/n100/s0"}
+    surrogate = [r for r in result["rows"] if " surrogate (" in r["run"]]
+    assert {r["run"].rsplit(" ", 1)[0] for r in surrogate} == {
+        "chgnet surrogate (finetune teacher n=100 -> small student)",
+        "m3gnet surrogate (freeze-interactions teacher n=100 -> small student)"}
     assert {r["metric"] for r in surrogate} >= {"status", "forces_rmse_mev_per_ang", "energy_rmse_mev_per_atom"}
     base = write(tmp_path / "base", *records)
-    worse = copy.deepcopy(records)
-    student = next(r for r in worse if r["spec"].get("kind") == "surrogate" and r["status"] == "ok")
-    student["metrics"]["forces_rmse_mev_per_ang"] *= 1.25  # 120 -> 150 meV/Å
+    student = next(r for r in records if r.spec.kind == "surrogate" and r.ok)
+
+    def worse_student(d):
+        d["metrics"]["forces_rmse_mev_per_ang"] *= 1.25  # 120 -> 150 meV/Å
+
+    worse = [edited(r, worse_student) if r is student else r for r in records]
     code, out = run(capsys, base, write(tmp_path / "worse", *worse))
     assert code == 1 and "1 REGRESSION" in out
-    assert "chgnet/surrogate-of-finetune/n100/s0" in out.split("regressions:")[1]
+    assert "chgnet surrogate (finetune teacher" in out.split("regressions:")[1]
     assert "forces_rmse_mev_per_ang: 120 -> 150" in out
-    code, out = run(capsys, base, write(tmp_path / "fewer", *[r for r in records if r["run_id"] != student["run_id"]]))
+    code, out = run(capsys, base, write(tmp_path / "fewer", *[r for r in records if r is not student]))
     assert code == 1 and "missing in candidate" in out.split("regressions:")[1]
-    assert "chgnet/surrogate-of-finetune" in out.split("regressions:")[1]
+    assert "chgnet surrogate (finetune teacher" in out.split("regressions:")[1]

@@ -9,17 +9,20 @@ import sys
 import numpy as np
 import pytest
 
-from bench.metrics import error_metrics
+from bench.core.contract import Record
+from bench.core.metrics import error_metrics
+from bench.core.util import digest
 from bench.registry import UnknownName, get_model, resolve_models, resolve_strategy
-from bench.store import SCHEMA_VERSION, Store, StoreError, run_id
+from bench.store import Store, StoreError
+from tests.conftest import minimal_record
 
 HEAVY = ("torch", "chgnet", "mace", "matgl", "sevenn", "e3nn", "pymatgen")
 
 
 def test_orchestrator_imports_no_model_library_or_torch():
     code = (
-        "import sys, bench.cli, bench.runner, bench.report, bench.envs\n"
-        "from bench.runner import make_plan\nfrom bench.config import SweepConfig\n"
+        "import sys, bench.cli, bench.runner, bench.report, bench.envs, bench.compare, bench.api\n"
+        "from bench.plan import make_plan\nfrom bench.config import SweepConfig\n"
         "plan = make_plan(SweepConfig.from_preset('quick'))\n"
         "bench.cli.main(['list', 'models'])\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
@@ -35,7 +38,7 @@ def test_strategies_resolve_per_family_block_layout():
     assert resolve_strategy("freeze-interactions", chgnet).freeze_k == 5
     assert resolve_strategy("freeze-3", chgnet).freeze_k == 3
     assert resolve_strategy("zero-shot", chgnet).freeze_k is None
-    assert resolve_strategy("scratch", chgnet).scratch
+    assert resolve_strategy("scratch", chgnet).init == "random"
     with pytest.raises(UnknownName, match="freezing all 6 leaves nothing to train"):
         resolve_strategy("freeze-6", chgnet)
     with pytest.raises(UnknownName, match="Did you mean 'finetune'"):
@@ -45,21 +48,21 @@ def test_strategies_resolve_per_family_block_layout():
     assert [m.key for m in resolve_models("all")] == ["chgnet", "mace", "m3gnet", "sevennet"]
 
 
-def test_run_id_is_stable_and_sensitive():
+def test_hash_is_stable_and_sensitive():
     spec = {"model": "chgnet", "seed": 0, "train_config": {"lr": 1e-3, "epochs": 5}}
     same = {"train_config": {"epochs": 5, "lr": 1e-3}, "seed": 0, "model": "chgnet"}
-    assert run_id(spec) == run_id(same)
-    assert run_id(spec) != run_id({**spec, "seed": 1})
+    assert digest(spec) == digest(same)
+    assert digest(spec) != digest({**spec, "seed": 1})
 
 
 def test_store_round_trip_and_refuses_other_schema_versions(tmp_path):
     store = Store(tmp_path).prepare()
-    rec = {"schema_version": SCHEMA_VERSION, "run_id": "abc", "status": "ok", "spec": {}}
+    rec = Record.from_dict(minimal_record())
     store.put(rec)
     assert store.get("abc") == rec and not list(tmp_path.glob("records/.*tmp"))
     with pytest.raises(ValueError, match="status 'done'"):
-        store.put({**rec, "status": "done"})
-    (tmp_path / "records" / "old.json").write_text(json.dumps({**rec, "schema_version": 0}))
+        Record.from_dict({**minimal_record(), "status": "done"})
+    (tmp_path / "records" / "old.json").write_text(json.dumps(minimal_record(version=0)))
     with pytest.raises(StoreError, match="schema version 0"):
         store.all()
     (tmp_path / "store.json").write_text(json.dumps({"schema_version": 99}))

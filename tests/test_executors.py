@@ -47,7 +47,7 @@ def test_pool_runs_the_same_specs_as_local_with_a_core_each(tmp_path):
     sweep = last_sweep(out)
     assert sweep["executor"] == "pool" and sweep["workers"] == 2 and sweep["counts"]["ok"] == 4
     plan = [line.split()[0] for line in bench("run", *TINY_M3GNET, "--dry-run", "--out", str(out)).stdout.splitlines()]
-    assert sorted(r["run_id"] for r in recs) == sorted(plan)
+    assert sorted(r["spec_id"] for r in recs) == sorted(plan)  # dry-run lists spec ids
     again = bench("run", *TINY_M3GNET, "--executor", "pool", "--out", str(out))  # idempotent
     assert again.stderr.count("ok (stored)") == 4 and len(all_records(out)) == 4
 

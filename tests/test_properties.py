@@ -117,7 +117,7 @@ def test_snap_ni4mo_general_fit_is_determined_and_tetragonal():
     out = compute_properties(catalog()["snap-NiMo"]["properties"], d.pool, d.test, LabelModel())
     entry = out["elastic"]["Ni4Mo"]
     _assert_model_is_dft(entry)
-    C = np.array(entry["dft"]["C_gpa"])  # noqa: N806
+    C = np.array(entry["dft"]["C_gpa"])
     print("snap Ni4Mo DFT C (GPa):\n", C.round(1), {k: v for k, v in entry["dft"].items() if k != "C_gpa"})
     # I4/m: C11 = C22, C13 = C23, C44 = C55 (the cell's c axis is z), all positive definite
     assert C[0, 0] == pytest.approx(C[1, 1], rel=0.02) and C[3, 3] == pytest.approx(C[4, 4], rel=0.02)
@@ -134,7 +134,7 @@ def test_mlearn_shear_stresses_follow_their_shears(name, element):
     d = load_dataset(name)
     entry = dict(catalog()[name]["properties"]["elastic"][0], symmetry="general")
     out = compute_properties({"elastic": [entry]}, d.pool, d.test, LabelModel())
-    C = np.array(out["elastic"][element]["dft"]["C_gpa"])  # noqa: N806
+    C = np.array(out["elastic"][element]["dft"]["C_gpa"])
     shear = np.diag(C)[3:]
     assert shear.min() > 0.9 * shear.max() > 50, C.round(1)
     assert abs(C[3, 4]) < 0.05 * shear.min() and abs(C[3, 5]) < 0.05 * shear.min(), C.round(1)
@@ -193,7 +193,7 @@ def cu():
 
 def _fd_elastic(base, h=1e-4):
     """C (GPa) by central differences of EMT stress at the reference cell."""
-    C = np.zeros((6, 6))  # noqa: N806
+    C = np.zeros((6, 6))
     for j in range(6):
         sig = []
         for sign in (1, -1):
@@ -228,7 +228,7 @@ def test_emt_copper_elastic_constants_match_finite_differences_and_eos(cu):
     entry = out["elastic"]["Cu"]
     _assert_model_is_dft(entry)  # EMT labels, EMT model
     fit = entry["dft"]
-    C = _fd_elastic(cu["base"])  # noqa: N806
+    C = _fd_elastic(cu["base"])
     fd = {"C11": C[0, 0], "C12": C[0, 1], "C44": C[3, 3]}
     print("EMT Cu fit:", {k: round(v, 3) for k, v in fit.items() if k != "C_gpa"}, "FD:", fd,
           "a_eos", cu["a_eos"], "a_ref", cu["a_ref"])
@@ -246,7 +246,7 @@ def test_general_symmetry_agrees_with_cubic_on_copper(cu):
                         {"system": "general", "groups": ["Cu_Elastic"], "symmetry": "general", "atoms_per_cell": 4}]}
     out = compute_properties(spec, frames, [], emt_predict)["elastic"]
     cubic, general = out["cubic"]["dft"], out["general"]["dft"]
-    C = np.array(general["C_gpa"])  # noqa: N806
+    C = np.array(general["C_gpa"])
     print("general C (GPa):\n", C.round(2))
     np.testing.assert_allclose(C, C.T)
     for block in (np.diag(C)[:3], np.diag(C)[3:], C[[0, 0, 1], [1, 2, 2]]):

@@ -3,16 +3,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 
 import pytest
 
-from bench.headline import (ENERGY, FORCES, curves, energy_per_structure_mev, error_at_fraction, headline,
-                            strategy_labels)
+from bench.headline import (
+    ENERGY,
+    FORCES,
+    curves,
+    energy_per_structure_mev,
+    error_at_fraction,
+    headline,
+    strategy_labels,
+)
 from bench.report import build_sections, write_report
 from bench.store import Store
+from tests.conftest import edited
 
 
 def rows(h):
@@ -24,7 +33,7 @@ def test_reference_is_scratch_at_the_largest_size_and_flags_a_partial_pool(synth
     ref = headline(records).references[("synth", "chgnet", "0.3.0")]
     assert (ref.point.size, ref.point.fraction, ref.full_pool) == (100, 1.0, True)
     assert ref.point.mean(FORCES) == pytest.approx(100)
-    partial = [r for r in records if r["spec"].get("train_size") != 100]
+    partial = [r for r in records if getattr(r.spec, "train_size", None) != 100]
     ref = headline(partial).references[("synth", "chgnet", "0.3.0")]
     assert (ref.point.size, ref.full_pool) == (20, False)
     sec = next(s for s in build_sections(partial) if s.title == "Headline")
@@ -59,7 +68,7 @@ def test_error_at_pool_fraction_exact_interpolated_and_out_of_range(synthetic_st
     assert rows(h)["chgnet", "zero-shot"].at_fraction[(FORCES, 0.1)].ratio == pytest.approx(3.0)
     ref = h.references[("synth", "chgnet", "0.3.0")].point
     assert error_at_fraction(curves(records)[ft.key], ref, FORCES, 0.02) is None  # below 5 %
-    without_5 = [r for r in records if r["spec"].get("train_size") != 5]
+    without_5 = [r for r in records if getattr(r.spec, "train_size", None) != 5]
     assert rows(headline(without_5))["chgnet", "finetune"].at_fraction[(FORCES, 0.1)] is None
 
 
@@ -145,11 +154,12 @@ def test_missing_predictions_are_noted_not_fatal(synthetic_store):
 
 def test_runs_under_different_settings_are_kept_apart_and_labelled(synthetic_store):
     records = Store(synthetic_store).all()
-    longer = [json.loads(json.dumps(r)) for r in records
-              if r["spec"]["model"] == "chgnet" and r["spec"].get("strategy") == "finetune" and r["status"] == "ok"]
-    for r in longer:
-        r["spec"]["train_config"] = {"epochs": 8}
-        r["metrics"]["forces_rmse_mev_per_ang"] /= 2
+    def longer_and_better(d):
+        d["spec"]["train_config"] = {"epochs": 8}
+        d["metrics"]["forces_rmse_mev_per_ang"] /= 2
+
+    longer = [edited(r, longer_and_better) for r in records
+              if r.spec.model == "chgnet" and r.spec.what == "finetune" and r.ok]
     h = headline(records + longer)
     assert len([r for r in h.rows if r.key[2:5] == ("chgnet", "0.3.0", "finetune")]) == 2
     names = sorted(strategy_labels([r.key for r in h.rows if r.key.model == "chgnet"]).values())
@@ -214,10 +224,8 @@ def test_new_strategies_show_in_headline_results_timing_and_curves(synthetic_sto
 
 def test_settings_of_new_strategies_split_curves_only_where_they_differ(synthetic_store):
     records = Store(synthetic_store).all()
-    wider = [json.loads(json.dumps(r)) for r in records
-             if r["spec"]["model"] == "chgnet" and r["spec"].get("strategy") == "lora" and r["status"] == "ok"]
-    for r in wider:
-        r["spec"]["lora"] = {"rank": 16, "alpha": 32.0}
+    wider = [edited(r, lambda d: d["spec"].update(lora={"rank": 16, "alpha": 32.0})) for r in records
+             if r.spec.model == "chgnet" and r.spec.what == "lora" and r.ok]
     labels = strategy_labels(curves(records + wider))
     chgnet = sorted(v for k, v in labels.items() if k.model == "chgnet")
     assert chgnet == ["finetune", "freeze-interactions", "lora [lora.alpha=16.0, lora.rank=8]",
@@ -235,9 +243,8 @@ def test_physical_properties_tables_from_the_records(synthetic_store):
     assert elastic[0][4:9] == ["a0 (Å)", "C11 (GPa)", "C12 (GPa)", "C44 (GPa)", "B (GPa)"]
     assert elastic[1][0] == ["DFT", "", "", "", "3.160", "472", "158", "106", "263", ""]
     # % error of the seed mean vs DFT, computed here from the records
-    ft = [r["properties"]["elastic"]["Mo"]["model"]["C11_gpa"] for r in records
-          if r["spec"].get("strategy") == "finetune" and r["spec"]["model"] == "chgnet"
-          and r["spec"]["train_size"] == 100 and r["status"] == "ok"]
+    ft = [r.properties["elastic"]["Mo"]["model"]["C11_gpa"] for r in records
+          if r.spec.what == "finetune" and r.spec.model == "chgnet" and r.spec.train_size == 100 and r.ok]
     assert len(ft) == 2
     mean = sum(ft) / 2
     cell = f"{mean:.0f} ± {abs(ft[0] - ft[1]) / 2:.0f} ({100 * (mean - 472) / 472:+.1f} %)"
@@ -275,9 +282,9 @@ def test_forgetting_table_from_the_records(synthetic_store):
 
 def test_surrogate_table_and_surrogates_stay_out_of_everything_else(synthetic_store):
     records = Store(synthetic_store).all()
-    surrogate_ids = {r["run_id"] for r in records if r["spec"].get("kind") == "surrogate"}
+    surrogate_ids = {r.run_id for r in records if r.spec.kind == "surrogate"}
     assert len(surrogate_ids) == 2
-    assert not any(r["run_id"] in surrogate_ids for pts in curves(records).values() for p in pts for r in p.records)
+    assert not any(r.run_id in surrogate_ids for pts in curves(records).values() for p in pts for r in p.records)
     h = headline(records)
     assert {r.key.strategy for r in h.rows} == {"zero-shot", "scratch", "finetune", "freeze-interactions", "lora",
                                                "soft-freeze", "replay"}
@@ -307,15 +314,13 @@ def test_surrogate_table_and_surrogates_stay_out_of_everything_else(synthetic_st
 
 def test_new_sections_only_with_data(synthetic_store):
     records = Store(synthetic_store).all()
-    plain = [{k: v for k, v in r.items() if k not in ("properties", "forgetting")} for r in records
-             if r["spec"].get("kind") != "surrogate" or r["status"] != "ok"]
+    plain = [dataclasses.replace(r, properties=None, forgetting=None) for r in records
+             if r.spec.kind != "surrogate" or not r.ok]
     titles = [s.title for s in build_sections(plain)]
     assert not {"Physical properties", "Forgetting", "Surrogate distillation"} & set(titles)
     assert titles[:2] == ["Summary", "Headline"] and "Failed, skipped and diverged runs" in titles
-    only_mixing = [json.loads(json.dumps(r)) for r in records]
-    for r in only_mixing:
-        if r.get("properties"):
-            r["properties"] = {"mixing": {"Mo-Nb": {"error": "no DFT reference"}}}
+    only_mixing = [dataclasses.replace(r, properties={"mixing": {"Mo-Nb": {"error": "no DFT reference"}}})
+                   if r.properties else r for r in records]
     sec = section(build_sections(only_mixing), "Physical properties")
     (mixing,) = tables(sec)
     assert mixing[1][0][4] == "–" and row(mixing, "chgnet (0.3.0)", "finetune")[6] == "error: no DFT reference"

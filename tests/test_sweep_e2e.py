@@ -129,7 +129,7 @@ def test_mace_foundation_runs_when_a_checkpoint_file_is_supplied(tmp_path):
     from bench import envs
     from bench.registry import get_model
 
-    python = envs.ensure(get_model("mace"), log=lambda _: None)
+    python = envs.ensure(get_model("mace"), log=lambda _: None).python
     made = subprocess.run([str(python), "tests/families/mace_standin.py", str(tmp_path / "mace")],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     model = made.stdout.strip().splitlines()[-1]

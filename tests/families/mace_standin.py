@@ -20,9 +20,11 @@ from datasets import load_dataset
 
 def build(folder: Path) -> tuple[Path, History]:
     """Save a 32x0e, 2-layer, r_max 5 Å Mo MACE trained for 12 epochs; return path and history."""
-    from mace import modules  # noqa: PLC0415 - mace before e3nn (weights-only load of constants)
-    from mace.tools.torch_tools import default_dtype  # noqa: PLC0415
-    from e3nn import o3  # noqa: PLC0415
+    from mace import modules  # first: importing mace lets e3nn 0.4.4 load its constants on torch >= 2.6
+    from mace.tools.torch_tools import default_dtype
+
+    # isort: split
+    from e3nn import o3
 
     ds = load_dataset("mlearn-Mo")
     aimd = [a for a in ds.pool if a.info["group"] == "AIMD-NVT"]

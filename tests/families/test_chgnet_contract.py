@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("chgnet", reason="runs in the chgnet environment: tox -e chgnet")
 
-import torch  # noqa: E402
+import torch
 
-from adapters.chgnet_adapter import CHGNetAdapter  # noqa: E402
-from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
+from adapters.chgnet_adapter import CHGNetAdapter
+from tests.families.contract import AdapterContract, HotPathBenchmarks
 
 torch.set_num_threads(2)
 ADAPTER, CHECKPOINT = CHGNetAdapter, "0.3.0"

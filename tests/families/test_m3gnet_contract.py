@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("matgl", reason="runs in the m3gnet environment: tox -e m3gnet")
 
-import torch  # noqa: E402
-from ase.build import bulk  # noqa: E402
+import torch
+from ase.build import bulk
 
-from adapters.base import CheckpointUnavailable  # noqa: E402
-from adapters.m3gnet_adapter import M3GNetAdapter  # noqa: E402
-from adapters.training import TrainConfig, refit_reference_energies  # noqa: E402
-from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
+from adapters.base import CheckpointUnavailable
+from adapters.m3gnet_adapter import M3GNetAdapter
+from adapters.training import TrainConfig, refit_reference_energies
+from tests.families.contract import AdapterContract, HotPathBenchmarks
 
 torch.set_num_threads(1)  # 2-core CI machines; extra threads only contend
 N_PARAMS = 664_221  # M3GNet-MatPES-PBE-v2025.1-PES

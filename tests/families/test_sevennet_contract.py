@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("sevenn", reason="runs in the sevennet environment: tox -e sevennet")
 
-import torch  # noqa: E402
+import torch
 
-from adapters.base import CheckpointUnavailable  # noqa: E402
-from adapters.sevennet_adapter import SevenNetAdapter  # noqa: E402
-from adapters.training import TrainConfig, refit_reference_energies  # noqa: E402
-from tests.families.contract import AdapterContract, HotPathBenchmarks  # noqa: E402
+from adapters.base import CheckpointUnavailable
+from adapters.sevennet_adapter import SevenNetAdapter
+from adapters.training import TrainConfig, refit_reference_energies
+from tests.families.contract import AdapterContract, HotPathBenchmarks
 
 torch.set_num_threads(1)
 
