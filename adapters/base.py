@@ -122,6 +122,13 @@ class Adapter(abc.ABC):
         """Atomic numbers the model has parameters for."""
 
     # -- shared behaviour ---------------------------------------------------------------
+    def tensor(self, value) -> torch.Tensor:
+        """``value`` as a float32 tensor on this adapter's device: every label, target and
+        constant the shared code makes goes through here, so nothing lands on another device."""
+        import torch
+
+        return torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
+
     def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
         return self.forward_batch(self.collate(graphs), stress=stress)
 

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import lr_grid
 from bench.config import SweepConfig
 from bench.core.contract import Record
 from bench.core.metrics import METRICS
@@ -84,10 +85,22 @@ def plan(preset: str = "quick", **settings) -> Plan:
     return make_plan(config(preset, **settings))
 
 
-def run_sweep(cfg: SweepConfig, *, report: bool = True) -> Results:
-    """Run (or resume) a sweep into ``cfg.out``; records ``ok`` on the same runtime are reused."""
+def run_sweep(cfg: SweepConfig, *, report: bool = True, log=None) -> Results:
+    """Run (or resume) a sweep into ``cfg.out``; records ``ok`` on the same runtime are reused.
+    With a learning-rate grid, the grid runs first, then the curves at the chosen rates."""
     store = Store(Path(cfg.out)).prepare()
-    counts = execute(make_plan(cfg), store)
+    counts: dict = {}
+    chosen: dict = {}
+    while True:
+        plan = make_plan(cfg, chosen)
+        for status, n in execute(plan, store).items():
+            counts[status] = counts.get(status, 0) + n
+        now = lr_grid.choose(store.all(), cfg.lr_grid) if plan.waiting else chosen
+        if not plan.waiting or now == chosen:  # done, or a grid that cannot choose (its failures say why)
+            break
+        chosen = now
+        if log:
+            log(f"learning rates chosen on the validation set: {chosen}")
     atomic_write_json(store.root / HEADLINE_SETTINGS, cfg.headline)  # `bench report` reuses them
     if report:
         write_report(store.root, headline=cfg.headline)

@@ -46,7 +46,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="training sizes: counts (50), fractions (0.1) or percentages (10%%)")
     run.add_argument("--strategies", type=_csv, help=f"comma list; default {','.join(DEFAULT_STRATEGIES)}")
     run.add_argument("--seeds", type=lambda s: tuple(int(x) for x in _csv(s)))
-    run.add_argument("--epochs", type=int)
+    run.add_argument("--epochs", type=int, help="passes over each training subset")
+    run.add_argument("--min-steps", type=int, dest="min_steps",
+                     help="at least this many optimizer steps per run (small subsets get more epochs)")
+    run.add_argument("--energy-weight", type=float, dest="energy_weight",
+                     help="loss weight of the energy per atom (eV; default: the protocol's, see README)")
+    run.add_argument("--forces-weight", type=float, dest="forces_weight", help="loss weight of the forces (eV/Å)")
+    run.add_argument("--stress-weight", type=float, dest="stress_weight", help="loss weight of the stress (GPa)")
     run.add_argument("--batch-size", type=int, dest="batch_size")
     run.add_argument("--lr", type=float)
     run.add_argument("--patience", type=int, help="early-stopping patience in epochs")
@@ -144,11 +150,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = SweepConfig.from_preset(args.preset, **given)
     plan = make_plan(cfg)
     print(f"preset {cfg.preset}: {len(plan.runs)} runs on {plan.describe()} -> {cfg.out}", file=sys.stderr)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:  # spec ids: a run's id adds the runtime its worker resolves
         for run in plan.runs:
             print(f"{run.spec.spec_id}  {run.label}")
+        for what in plan.waiting:
+            print(f"(later) {what}")
         return 0
-    results = run_sweep(cfg)
+    results = run_sweep(cfg, log=lambda text: print(text, file=sys.stderr))
     print(f"done: {results.counts}; report: {results.root / 'report.md'} and {results.root / 'report.html'}",
           file=sys.stderr)
     return 0

@@ -48,8 +48,17 @@ class SweepConfig:
     seeds_by_strategy: dict = field(default_factory=dict)  # strategy -> N: only the first N of `seeds`
     seeds: tuple[int, ...] = (0,)
     epochs: int = 4
+    min_steps: int | None = None  # at least this many optimizer steps per run (epochs: at least that many passes)
+    eval_interval_steps: int | None = None  # validate after whole epochs at least this many steps apart
     batch_size: int = 4
     lr: float = 1e-3
+    lr_by_strategy: dict = field(default_factory=dict)  # strategy -> its learning rate (others: `lr`)
+    lr_grid: tuple[float, ...] = ()  # choose each strategy's LR on the validation set from these...
+    lr_grid_size: float | None = None  # ...at this training size (first seed), then use it at every size
+    energy_weight: float | None = None  # loss weights (None: the protocol's, adapters/training.py)
+    forces_weight: float | None = None
+    stress_weight: float | None = None
+    budget_check: tuple[str, ...] = ()  # these strategies' largest size (first seed) again with twice the budget
     patience: int = 5
     e0_policy: str = "refit"
     val_fraction: float = 0.05
@@ -94,9 +103,11 @@ class SweepConfig:
         if "sizes_by_strategy" in sweep:
             sweep["sizes_by_strategy"] = {k: tuple(parse_size(str(x)) for x in v)
                                           for k, v in sweep["sizes_by_strategy"].items()}
-        for key in ("strategies", "seeds"):
+        for key in ("strategies", "seeds", "lr_grid", "budget_check"):
             if key in sweep:
                 sweep[key] = tuple(sweep[key])
+        if "lr_grid_size" in sweep:
+            sweep["lr_grid_size"] = parse_size(str(sweep["lr_grid_size"]))
         sweep.setdefault("out", f"reports/{Path(preset).stem}")
         slurm = {**sweep.pop("slurm", {}), **(given.pop("slurm", None) or {})}
         if "surrogate" in data or "surrogate" in sweep:
@@ -124,7 +135,13 @@ class SweepConfig:
             raise ValueError("--seeds: at least one seed is needed")
         if not self.sizes and any(strategies.is_known(s) and strategies.definition(s).trains for s in self.strategies):
             raise ValueError("--sizes: at least one training size is needed")
-        for name in ("sizes_by_strategy", "seeds_by_strategy"):
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ValueError(f"--min-steps {self.min_steps}: training needs at least 1 step")
+        if self.lr_grid and self.lr_grid_size is None:
+            raise ValueError("lr_grid needs lr_grid_size: the training size the learning rates are compared at")
+        if any(not 0 < lr < 1 for lr in (*self.lr_grid, *self.lr_by_strategy.values())):
+            raise ValueError(f"learning rates {(*self.lr_grid, *self.lr_by_strategy.values())} must be in (0, 1)")
+        for name in ("sizes_by_strategy", "seeds_by_strategy", "lr_by_strategy", "budget_check"):
             table = getattr(self, name)
             stray = sorted(k for k in table if not strategies.is_known(k))
             if stray:  # entries for strategies not run (e.g. after --strategies) are simply unused
@@ -158,10 +175,13 @@ class SweepConfig:
             return self.checkpoint
         return dict(pairs).get(model)
 
-    def train_config(self, *, soft: bool = False) -> TrainConfig:
+    def train_config(self, *, soft: bool = False, lr: float | None = None) -> TrainConfig:
         """The shared training loop's settings; ``soft``: with the per-block LR factors."""
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                           max_time_s=self.max_train_time_s, lr_factors=dict(self.lr_factors) if soft else None)
+        weights = {k: v for k, v in (("energy_weight", self.energy_weight), ("forces_weight", self.forces_weight),
+                                     ("stress_weight", self.stress_weight)) if v is not None}
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=lr or self.lr, patience=self.patience,
+                           max_time_s=self.max_train_time_s, lr_factors=dict(self.lr_factors) if soft else None,
+                           min_steps=self.min_steps, eval_interval_steps=self.eval_interval_steps, **weights)
 
     def override(self, **given) -> SweepConfig:
         """Replace only the settings that were actually given (None means not given)."""

@@ -13,6 +13,7 @@ from bench.core.metrics import METRICS
 from bench.headline import ENERGY, FORCES, Point, Reference
 
 PANELS = (ENERGY, FORCES)
+MAE_PANELS = ("energy_mae_mev_per_atom", "forces_mae_mev_per_ang")
 MARKERS = "osD^v<>ph*"  # with the 10 default colours: any number of strategies stays distinguishable
 
 
@@ -48,15 +49,18 @@ def _style(i: int) -> dict:
 
 
 def learning_curves(series: dict[str, list[Point]], reference: Reference | None, title: str,
-                    tolerance: float) -> bytes | None:
-    """Test error vs training size, one line per strategy (error bars: std over seeds);
-    zero-shot as a dashed line, scratch at the largest size as the dotted reference."""
+                    tolerance: float, published: dict[str, dict[str, float]] | None = None) -> bytes | None:
+    """Test error vs training size, RMSE (top) and MAE (bottom), one line per strategy (error
+    bars: std over seeds); zero-shot as a dashed line, scratch at the largest size as the
+    dotted reference (grey when it supports no claim), and the ``published`` potentials'
+    test MAE (name -> ``energy_mae_mev_per_atom``, ``forces_mae_mev_per_ang``) as dash-dotted
+    lines in the MAE panels."""
     trained = {name: pts for name, pts in series.items() if any(p.size for p in pts)}
     if not trained:
         return None
-    fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
-    for ax, metric in zip(axes, PANELS, strict=True):
+    fig = Figure(figsize=(11, 8))
+    axes = fig.subplots(2, 2)
+    for ax, metric in zip(axes.flat, (*PANELS, *MAE_PANELS), strict=True):
         for i, (name, pts) in enumerate(trained.items()):
             _series(ax, pts, metric, label=name, **_style(i))
         for name, pts in series.items():
@@ -64,11 +68,19 @@ def learning_curves(series: dict[str, list[Point]], reference: Reference | None,
                 ax.axhline(pts[0].stat(metric).mean, color="k", linestyle="--", label=name)
         if reference and reference.point.stat(metric):
             ref = reference.point.stat(metric).mean
-            ax.axhline(ref, color="grey", linestyle=":", label=f"reference: scratch n={reference.point.size}")
-            ax.axhspan(ref, ref * (1 + tolerance), color="grey", alpha=0.12)
+            valid = reference.verdict.valid
+            ax.axhline(ref, color="grey", linestyle=":", label=f"reference: scratch n={reference.point.size}"
+                       + ("" if valid else " (supports no claim)"))
+            if valid:
+                ax.axhspan(ref, ref * (1 + tolerance), color="grey", alpha=0.12)
+        for j, (name, values) in enumerate((published or {}).items()):
+            if metric in values:
+                ax.axhline(values[metric], color=f"C{(j + 6) % 10}", linestyle="-.", label=f"{name} (published)")
         _size_ticks(ax, [p for pts in trained.values() for p in pts])
         ax.set_ylabel(METRICS[metric])
-    axes[1].legend(fontsize=8)
+    axes[0][1].legend(fontsize=8)
+    if published:
+        axes[1][1].legend(fontsize=8, handles=[h for h in axes[1][1].get_lines() if "published" in h.get_label()])
     fig.suptitle(title)
     return _png(fig)
 
@@ -117,5 +129,28 @@ def parity(runs: dict[str, Path], title: str, max_points: int = 20000) -> bytes 
             ax.set_xlabel(f"DFT ({unit})")
             ax.set_ylabel(f"predicted ({unit})")
             ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def property_errors(errors: dict[str, dict[str, float]], title: str) -> bytes | None:
+    """% error vs DFT per property (x) for each model (one marker style each): the physical
+    properties table at a glance."""
+    if not errors:
+        return None
+    names = list(dict.fromkeys(n for values in errors.values() for n in values))
+    fig = Figure(figsize=(11, 4.2))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(errors))
+    for i, (label, values) in enumerate(errors.items()):
+        xs = [names.index(n) - 0.4 + (i + 0.5) * width for n in values]
+        style = _style(i)
+        ax.plot(xs, list(values.values()), linestyle="none", marker=style["marker"], color=style["color"],
+                label=label)
+    ax.axhline(0, color="k", linewidth=1)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("model − DFT (% of DFT)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     return _png(fig)

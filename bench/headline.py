@@ -6,10 +6,12 @@ reference: scratch training of the same model at its largest stored training siz
     >>> h = headline(Store(path).all(), tolerance=0.05)   # typed records; or **preset["headline"]
     >>> h.rows[0].within["forces_rmse_mev_per_ang"]         # smallest Point within 5 %
 
+Claims against the reference are made only when it is valid (``bench.validity``: whole
+pool, converged, better than zero-shot-e0); otherwise each row carries the reason instead.
 Definitions (every threshold is an argument of ``headline``):
 
-* *within tolerance*: mean test RMSE <= (1 + tolerance) × the reference's mean test RMSE;
-  the smallest training size that first satisfies it is reported.
+* *within tolerance*: mean + std (over seeds) of the test RMSE <= (1 + tolerance) × the
+  reference's mean test RMSE; the smallest training size that first satisfies it is reported.
 * *error at a pool fraction*: mean test RMSE at that fraction of the training pool divided
   by the reference's; the run at exactly that size if stored, else log-log interpolation
   between the neighbouring sizes (marked), None outside the measured range.
@@ -32,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bench import validity
 from bench.core.contract import Record, TrainSpec
 from bench.core.strategies import rank as strategy_rank
 
@@ -116,11 +119,12 @@ class Point:
 
 
 def curves(records: list[Record]) -> dict[CurveKey, list[Point]]:
-    """``ok`` training records (train specs: not timing or surrogate jobs) grouped into
-    curves of seed-aggregated points, sorted by size."""
+    """``ok`` training records (train specs of role ``curve``: not timing or surrogate jobs,
+    learning-rate candidates or budget checks) grouped into curves of seed-aggregated points,
+    sorted by size."""
     by: dict[CurveKey, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        if r.ok and r.metrics and isinstance(r.spec, TrainSpec):
+        if r.ok and r.metrics and isinstance(r.spec, TrainSpec) and r.spec.role == "curve":
             by[curve_key(r)][r.spec.train_size].append(r)
     return {k: [Point(n, recs) for n, recs in sorted(v.items())] for k, v in by.items()}
 
@@ -132,9 +136,9 @@ def energy_per_structure_mev(point: Point) -> float | None:
 
 
 def smallest_within(points: list[Point], reference: Point, metric: str, tolerance: float = 0.10) -> Point | None:
-    """Smallest size whose mean error is <= (1 + tolerance) × the reference's, or None."""
+    """Smallest size whose mean + std error is <= (1 + tolerance) × the reference's, or None."""
     target = (1 + tolerance) * reference.mean(metric)
-    return next((p for p in points if p.mean(metric) is not None and p.mean(metric) <= target), None)
+    return next((p for p in points if (u := validity.upper(p, metric)) is not None and u <= target), None)
 
 
 def smallest_chemically_accurate(points: list[Point], threshold_mev: float = CHEMICAL_ACCURACY_MEV) -> Point | None:
@@ -197,6 +201,8 @@ class TimeToTarget:
 @dataclass
 class Reference:
     point: Point
+    verdict: validity.Verdict = validity.Verdict(True)
+    zero_e0: Point | None = None  # zero-shot-e0 at the reference's size
 
     @property
     def full_pool(self) -> bool:
@@ -217,6 +223,7 @@ class HeadlineRow:
     key: CurveKey
     largest: Point
     reference: Reference | None
+    blocked: str | None = None  # why no claim is made against the reference (None: claims valid)
     within: dict[str, Point | None] = field(default_factory=dict)  # metric -> smallest point
     at_fraction: dict[tuple[str, float], AtFraction | None] = field(default_factory=dict)
     chemical_accuracy: Point | None = None
@@ -233,15 +240,25 @@ class Headline:
     settings: dict
 
 
-def references(all_curves: dict[CurveKey, list[Point]]) -> dict[tuple, Reference]:
+def is_e0_refit(points: list[Point]) -> bool:
+    """The curve of the untrained model with its reference energies refit (zero-shot-e0)."""
+    spec = points[0].records[0].spec
+    return not spec.trains and spec.sized
+
+
+def references(all_curves: dict[CurveKey, list[Point]], checks: dict | None = None) -> dict[tuple, Reference]:
     """Per (dataset, model, checkpoint): training from random weights (scratch) at its
-    largest stored size."""
+    largest stored size (the largest budget there), with its verdict (``bench.validity``)."""
     refs: dict[tuple, Reference] = {}
     for key, points in all_curves.items():
         if points[-1].records[0].spec.is_reference:
             best = refs.get(key.model_key)
             if best is None or points[-1].size > best.point.size:
                 refs[key.model_key] = Reference(points[-1])
+    for mk, ref in refs.items():
+        ref.zero_e0 = next((p for k, pts in all_curves.items() if k.model_key == mk and is_e0_refit(pts)
+                            for p in pts if p.size == ref.point.size), None)
+        ref.verdict = validity.reference_verdict(ref.point, ref.zero_e0, checks or {})
     return refs
 
 
@@ -253,7 +270,7 @@ def headline(records: list[Record], *, tolerance: float = 0.10, fractions: tuple
                 "chemical_accuracy_mev": chemical_accuracy_mev,
                 "time_target_mev_per_ang": time_target_mev_per_ang}
     all_curves = curves(records)
-    refs = references(all_curves)
+    refs = references(all_curves, validity.budget_checks(records))
     inference: dict[tuple, dict[bool, list]] = defaultdict(lambda: defaultdict(list))
     for r in records:  # a model's timing job (kind "perf") wins over speeds measured in runs
         if r.ok and r.spec.kind in ("train", "perf") and r.timing:  # not a surrogate's student
@@ -263,12 +280,13 @@ def headline(records: list[Record], *, tolerance: float = 0.10, fractions: tuple
         ref = refs.get(key.model_key)
         row = HeadlineRow(key, points[-1], ref, chemical_accuracy=smallest_chemically_accurate(
             points, chemical_accuracy_mev))
-        if ref:
+        row.blocked = "no scratch reference" if ref is None else None if ref.verdict.valid else ref.verdict.text
+        if row.blocked is None:
             for metric in (FORCES, ENERGY):
                 row.within[metric] = smallest_within(points, ref.point, metric, tolerance)
                 for f in fractions:
                     row.at_fraction[(metric, f)] = error_at_fraction(points, ref.point, metric, f)
-        target = time_target_mev_per_ang or (ref.val_forces_target(tolerance) if ref else None)
+        target = time_target_mev_per_ang or (ref.val_forces_target(tolerance) if row.blocked is None else None)
         if target and row.largest.records[0].spec.trains:
             times = [time_to_val_forces(r, target) for r in row.largest.records]
             row.time_to_target = TimeToTarget(target, Stat.of(times), sum(t is not None for t in times),

@@ -13,12 +13,13 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bench.config import SweepConfig
+from bench.core import strategies
 from bench.core.contract import (
     SCHEMA_VERSION,
     LoraSettings,
@@ -35,16 +36,26 @@ from datasets.splits import Split, plan_split, resolve_size
 
 
 @dataclass(frozen=True)
+class Derived:
+    """A run answered by its host run's predictions (see ``bench.core.contract.DerivedRun``)."""
+
+    spec: TrainSpec
+    train_idx: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     spec: Spec
     model: ModelInfo
     train_idx: tuple[int, ...] = ()
     val_idx: tuple[int, ...] = ()
     replay_idx: tuple[int, ...] = ()  # structures of the other domain's pool mixed into training
+    derived: tuple[Derived, ...] = ()  # runs this one's predictions answer (zero-shot-e0 on a zero-shot run)
 
     @property
     def label(self) -> str:
-        return self.spec.label
+        more = f" (+{len(self.derived)} E0 refits)" if self.derived else ""
+        return f"{self.spec.label}{more}"
 
 
 @dataclass
@@ -53,6 +64,8 @@ class Plan:
     datasets: dict[str, Dataset]
     runs: list[PlannedRun]
     other: Dataset | None = None  # the other domain for replay and forgetting
+    waiting: list[str] = field(default_factory=list)  # what is planned once earlier runs have finished
+    notes: list[str] = field(default_factory=list)  # strategies merged because they are the same for a model
 
     def describe(self) -> str:
         return "; ".join(f"{name}: {len(d.pool)} pool / {len(d.test)} test structures"
@@ -67,7 +80,7 @@ def _base(model: ModelInfo, checkpoint: str, dataset: Dataset) -> dict:
 def _strategy_fields(cfg: SweepConfig, strategy: Resolved, other: Dataset | None) -> dict:
     """Spec fields a strategy's flags add (absent elsewhere, so other specs keep their id)."""
     fields: dict = {}
-    if other is not None and strategy.init == "foundation":
+    if other is not None and strategy.init == "foundation" and strategy.freeze_k is not None:
         fields["forgetting"] = OtherDomain(dataset=other.name, sha256=other.sha256,
                                            n_structures=min(cfg.forgetting_size, len(other.test)))
     if strategy.lora:
@@ -96,33 +109,91 @@ def _surrogate_run(cfg: SweepConfig, model: ModelInfo, base: dict, splits: dict[
     return PlannedRun(spec, model, split.train(n), split.val)
 
 
-def _strategy_runs(cfg: SweepConfig, model: ModelInfo, strategy: Resolved, base: dict,
-                   splits: dict[int, Split], other: Dataset | None, replay_order: dict) -> list[PlannedRun]:
-    if strategy.freeze_k is None:  # no training: one run, the model as it is
-        spec = TrainSpec(**base, strategy=strategy.name, freeze_k=None, e0_policy=strategy.e0_policy or "foundation",
-                         train_size=0, train_size_requested=0, seed=0, train_config=None, init=strategy.init)
-        return [PlannedRun(spec, model)]
-    extra = _strategy_fields(cfg, strategy, other)
-    e0_policy = strategy.e0_policy or cfg.e0_policy
-    seeds = cfg.seeds[: cfg.seeds_by_strategy.get(strategy.name, len(cfg.seeds))]
-    runs = []
-    for seed, split in splits.items():
-        if seed not in seeds:
-            continue
-        for requested in cfg.sizes_by_strategy.get(strategy.name, cfg.sizes):
-            n = resolve_size(requested, len(split.order))
-            spec = TrainSpec(**base, strategy=strategy.name, init=strategy.init, freeze_k=strategy.freeze_k,
-                             e0_policy=e0_policy, train_size=n, train_size_requested=requested,
-                             pool_size=len(split.order), train_fraction=n / len(split.order), seed=seed,
-                             val_fraction=cfg.val_fraction, val_size=cfg.val_size, n_val=len(split.val),
-                             train_config=cfg.train_config(soft=strategy.soft), **extra)
-            n_replay = math.ceil(cfg.replay_fraction * n) if strategy.replay else 0
-            runs.append(PlannedRun(spec, model, split.train(n), split.val, replay_order.get(seed, ())[:n_replay]))
+def _untrained(strategy: Resolved, base: dict) -> TrainSpec:
+    return TrainSpec(**base, strategy=strategy.name, freeze_k=None, e0_policy=strategy.e0_policy or "foundation",
+                     train_size=0, train_size_requested=0, seed=0, train_config=None, init=strategy.init)
+
+
+def _sized_spec(cfg: SweepConfig, strategy: Resolved, base: dict, split: Split, seed: int, requested: float,
+                train_config, extra: dict, **fields) -> TrainSpec:
+    n = resolve_size(requested, len(split.order))
+    return TrainSpec(**base, strategy=strategy.name, init=strategy.init, freeze_k=strategy.freeze_k,
+                     e0_policy=strategy.e0_policy or cfg.e0_policy, train_size=n, train_size_requested=requested,
+                     pool_size=len(split.order), train_fraction=n / len(split.order), seed=seed,
+                     val_fraction=cfg.val_fraction, val_size=cfg.val_size, n_val=len(split.val),
+                     train_config=train_config, **extra, **fields)
+
+
+class _Context:
+    """What every run of one model on one dataset shares while it is planned."""
+
+    def __init__(self, cfg: SweepConfig, model: ModelInfo, base: dict, splits: dict[int, Split],
+                 other: Dataset | None, replay_order: dict, chosen_lr: dict[str, float]):
+        self.cfg, self.model, self.base, self.splits = cfg, model, base, splits
+        self.other, self.replay_order, self.chosen_lr = other, replay_order, chosen_lr
+
+    def seeds(self, strategy: Resolved) -> list[int]:
+        return list(self.cfg.seeds[: self.cfg.seeds_by_strategy.get(strategy.name, len(self.cfg.seeds))])
+
+    def sizes(self, strategy: Resolved) -> tuple[float, ...]:
+        return self.cfg.sizes_by_strategy.get(strategy.name, self.cfg.sizes)
+
+    def run(self, strategy: Resolved, seed: int, requested: float, train_config, **fields) -> PlannedRun:
+        split = self.splits[seed]
+        spec = _sized_spec(self.cfg, strategy, self.base, split, seed, requested, train_config,
+                           _strategy_fields(self.cfg, strategy, self.other), **fields)
+        n_replay = math.ceil(self.cfg.replay_fraction * spec.train_size) if strategy.replay else 0
+        return PlannedRun(spec, self.model, split.train(spec.train_size), split.val,
+                          self.replay_order.get(seed, ())[:n_replay])
+
+
+def _trained_runs(ctx: _Context, strategy: Resolved, waiting: list[str]) -> list[PlannedRun]:
+    """A trained strategy's curve (and its budget check); with an LR grid, first the grid."""
+    cfg = ctx.cfg
+    if cfg.lr_grid and strategy.name not in cfg.lr_by_strategy and strategy.name not in ctx.chosen_lr:
+        waiting.append(f"{ctx.model.key} {strategy.name}: the curve, once its learning-rate grid has run")
+        return [ctx.run(strategy, ctx.seeds(strategy)[0], cfg.lr_grid_size,
+                        cfg.train_config(soft=strategy.soft, lr=lr), role="lr-grid") for lr in cfg.lr_grid]
+    lr = cfg.lr_by_strategy.get(strategy.name) or ctx.chosen_lr.get(strategy.name)
+    train_config = cfg.train_config(soft=strategy.soft, lr=lr)
+    runs = [ctx.run(strategy, seed, requested, train_config)
+            for seed in ctx.seeds(strategy) for requested in ctx.sizes(strategy)]
+    if strategy.name in cfg.budget_check:
+        largest = max(runs[: len(ctx.sizes(strategy))], key=lambda r: r.spec.train_size)
+        runs.append(ctx.run(strategy, largest.spec.seed, largest.spec.train_size_requested, train_config.doubled(),
+                            role="budget-check", check_of=largest.spec.spec_id))
     return runs
 
 
-def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset,
-                  other: Dataset | None) -> list[PlannedRun]:
+def _untrained_runs(ctx: _Context, resolved: list[Resolved]) -> list[PlannedRun]:
+    """The untrained model once, and the E0 refits on each training subset it answers."""
+    untrained = [s for s in resolved if s.freeze_k is None]
+    if not untrained:
+        return []
+    host = next((s for s in untrained if s.e0_policy != "refit"), None)
+    derived = tuple(Derived(r.spec, r.train_idx) for s in untrained if s.e0_policy == "refit"
+                    for seed in ctx.seeds(s) for requested in ctx.sizes(s) for r in [ctx.run(s, seed, requested, None)])
+    spec = _untrained(host or resolve_strategy(strategies.UNTRAINED, ctx.model), ctx.base)
+    return [PlannedRun(spec, ctx.model, derived=derived)]
+
+
+def _distinct(resolved: list[Resolved], model: ModelInfo, notes: list[str]) -> list[Resolved]:
+    """The strategies that differ for this model: two names with the same flags (readout-only
+    and freeze-interactions where the readout follows the last interaction) run once."""
+    seen: dict[tuple, str] = {}
+    out = []
+    for s in resolved:
+        flags = (s.init, s.freeze_k, s.e0_policy, s.lora, s.soft, s.replay)
+        if flags in seen:
+            notes.append(f"{model.key}: {s.name} is {seen[flags]} for this model; run once, as {seen[flags]}")
+            continue
+        seen[flags] = s.name
+        out.append(s)
+    return out
+
+
+def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset, other: Dataset | None,
+                  chosen: dict, waiting: list[str], notes: list[str]) -> list[PlannedRun]:
     leak = [a.info["leak_group"] for a in dataset.pool]
     splits = {seed: plan_split(leak, seed=seed, val_fraction=cfg.val_fraction, val_size=cfg.val_size or None,
                                pool_size=cfg.pool_size or None) for seed in cfg.seeds}
@@ -132,9 +203,11 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset,
     for model in models:
         checkpoint = cfg.checkpoint_for(model.key, len(models)) or model.default_checkpoint
         base = _base(model, checkpoint, dataset)
-        mine = [run for name in cfg.strategies
-                for run in _strategy_runs(cfg, model, resolve_strategy(name, model), base, splits, other,
-                                          replay_order)]
+        ctx = _Context(cfg, model, base, splits, other, replay_order, chosen.get((dataset.name, model.key), {}))
+        resolved = _distinct([resolve_strategy(name, model) for name in cfg.strategies], model, notes)
+        mine = _untrained_runs(ctx, resolved)
+        mine += [run for strategy in resolved if strategy.freeze_k is not None
+                 for run in _trained_runs(ctx, strategy, waiting)]
         if cfg.surrogate and cfg.surrogate["model"] == model.key:
             mine.append(_surrogate_run(cfg, model, base, splits))
         if cfg.perf_structures:  # last: by then the background environment builds are done
@@ -167,11 +240,17 @@ def load_datasets(names: tuple[str, ...]) -> dict[str, Dataset]:
     return datasets
 
 
-def make_plan(cfg: SweepConfig) -> Plan:
+def make_plan(cfg: SweepConfig, chosen_lr: dict | None = None) -> Plan:
+    """Every run of the sweep. ``chosen_lr``: (dataset, model) -> strategy -> the learning
+    rate its grid chose (``bench.lr_grid``); strategies still without one get their grid
+    runs now and their curves later (``Plan.waiting``)."""
     models = resolve_models(cfg.models)
     datasets = load_datasets(cfg.datasets)
     other = load_dataset(cfg.replay_dataset) if cfg.replay_dataset else None
     if cfg.surrogate:  # a misspelt teacher fails here; one outside --models just has no job
         get_model(cfg.surrogate["model"])
-    runs = [run for d in datasets.values() for run in _dataset_runs(cfg, models, d, other)]
-    return Plan(cfg, datasets, runs, other)
+    waiting: list[str] = []
+    notes: list[str] = []
+    runs = [run for d in datasets.values()
+            for run in _dataset_runs(cfg, models, d, other, chosen_lr or {}, waiting, notes)]
+    return Plan(cfg, datasets, runs, other, waiting, list(dict.fromkeys(notes)))

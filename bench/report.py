@@ -21,11 +21,12 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from bench import figures, targets
+from bench import figures, lr_grid, targets
 from bench import headline as hl
 from bench.core.contract import Environment, Provenance, Record, SurrogateSpec, TrainSpec
 from bench.registry import MODELS
 from bench.store import Store
+from bench.summary import published, summarise
 
 HEADLINE_SETTINGS = "headline.json"
 
@@ -59,11 +60,17 @@ def _model(key) -> str:
     return f"{key.model} ({key.model_key[2]})"
 
 
-class Section:
-    """A titled sequence of paragraphs, tables and figures, rendered in order."""
+def _rm(point: hl.Point, rmse: str, digits: int = 1) -> str:
+    """RMSE (mean ± std over seeds) / MAE (mean) of a point."""
+    return f"{_ms(point.stat(rmse), digits)} / {_fmt(point.mean(rmse.replace('_rmse_', '_mae_')), digits)}"
 
-    def __init__(self, title: str, text: str = ""):
-        self.title = title
+
+class Section:
+    """A titled sequence of paragraphs, tables and figures, rendered in order; ``folded``
+    sections (wide tables) are collapsed in the HTML report until opened."""
+
+    def __init__(self, title: str, text: str = "", *, folded: bool = False):
+        self.title, self.folded = title, folded
         self.parts: list[tuple[str, object]] = []
         if text:
             self.text(text)
@@ -83,10 +90,12 @@ def _headline_section(h: hl.Headline, labels: dict) -> Section:
     s = h.settings
     tol = f"{100 * s['tolerance']:g} %"
     fr = [f"{100 * f:g} %" for f in s["fractions"]]
-    sec = Section("Headline", (
-        f"One row per dataset × model × strategy, mean over seeds. Reference: scratch training of the "
-        f"same model at its largest stored training size (table below; flagged where that is less than "
-        f"the whole training pool). 'within {tol} from': smallest training size whose mean test RMSE is "
+    sec = Section("Headline", folded=True, text=(
+        f"One row per dataset × model × strategy, mean over seeds; errors as RMSE / MAE. Reference: "
+        f"scratch training of the same model at its largest stored training size (first table, with "
+        f"whether it supports claims and why not). Claims need a valid reference (see the summary's "
+        f"rules); without one, 'claims' says why and the claim columns stay empty. 'within {tol} "
+        f"from': smallest training size whose mean + std test RMSE over seeds is "
         f"≤ (1 + {s['tolerance']:g}) × the reference's ('not reached': never). 'F/ref @ {fr[0]}' etc.: "
         f"mean test RMSE at that fraction of the training pool / the reference's; * = log-log "
         f"interpolated between the neighbouring sizes, – = outside the measured sizes. Chemical "
@@ -100,17 +109,20 @@ def _headline_section(h: hl.Headline, labels: dict) -> Section:
     for (ds, model, ckpt), ref in sorted(h.references.items()):
         p = ref.point
         target = s["time_target_mev_per_ang"] or ref.val_forces_target(s["tolerance"])
-        refs.append([ds, f"{model} ({ckpt})", _size(p), str(len(p.records)),
-                     _ms(p.stat(hl.FORCES)), _ms(p.stat(hl.ENERGY)), _fmt(ref.val_forces), _fmt(target),
-                     "" if ref.full_pool else "⚠ < 100 % of the training pool"])
-    sec.table(["dataset", "model", "reference: scratch at", "seeds", "F RMSE (meV/Å)", "E RMSE (meV/atom)",
-               "final val F RMSE (meV/Å)", "val F target (meV/Å)", "note"], refs)
+        zero = ref.zero_e0
+        refs.append([ds, f"{model} ({ckpt})", _size(p), str(len(p.records)), _rm(p, hl.FORCES), _rm(p, hl.ENERGY),
+                     f"{_fmt(zero.mean(hl.FORCES))} / {_fmt(zero.mean(hl.ENERGY))}" if zero else "–",
+                     _fmt(ref.val_forces), _fmt(target) if ref.verdict.valid else "–",
+                     "valid" if ref.verdict.valid else f"⚠ {ref.verdict.text}"])
+    sec.table(["dataset", "model", "reference: scratch at", "seeds", "F RMSE / MAE (meV/Å)",
+               "E RMSE / MAE (meV/atom)", "zero-shot-e0 F / E RMSE", "final val F RMSE (meV/Å)",
+               "val F target (meV/Å)", "supports claims?"], refs)
 
     def ratio(a: hl.AtFraction | None) -> str:
         return "–" if a is None else f"{a.ratio:.2f}×{'*' if a.interpolated else ''}"
 
     def within(row, metric) -> str:
-        return _size(row.within.get(metric), "not reached") if row.reference else "no reference"
+        return "–" if row.blocked else _size(row.within.get(metric), "not reached")
 
     rows = []
     for r in h.rows:
@@ -119,14 +131,15 @@ def _headline_section(h: hl.Headline, labels: dict) -> Section:
                                        else f"not reached (0/{t.runs})")
         rows.append([r.key.dataset, _model(r.key), labels[r.key],
                      f"{_size(r.largest)}, {len(r.largest.records)} seed(s)",
-                     _ms(r.largest.stat(hl.FORCES)), _ms(r.largest.stat(hl.ENERGY)),
+                     _rm(r.largest, hl.FORCES), _rm(r.largest, hl.ENERGY),
+                     "valid" if r.blocked is None else f"none: {r.blocked}",
                      within(r, hl.FORCES), within(r, hl.ENERGY),
                      *[ratio(r.at_fraction.get((m, f))) for m in (hl.FORCES, hl.ENERGY) for f in s["fractions"]],
                      _size(r.chemical_accuracy, "not reached"), time,
                      "–" if r.step_ratio is None else f"{r.step_ratio:.2f}×",
                      _fmt(r.inference_atoms_per_s, 0), _fmt(r.peak_rss_mb, 0)])
-    sec.table(["dataset", "model", "strategy", "largest size", "F RMSE (meV/Å)", "E RMSE (meV/atom)",
-               f"F within {tol} from", f"E within {tol} from",
+    sec.table(["dataset", "model", "strategy", "largest size", "F RMSE / MAE (meV/Å)", "E RMSE / MAE (meV/atom)",
+               "claims", f"F within {tol} from", f"E within {tol} from",
                *[f"{m}/ref @ {f}" for m in "FE" for f in fr], "chem. acc. from", "time to val F target",
                "step vs finetune", "inference (atoms/s)", "peak RSS (MB)"], rows)
     return sec
@@ -136,7 +149,8 @@ def _best_per_family(curves: dict, dataset: str) -> dict[str, hl.CurveKey]:
     """Per family, the trained curve with the lowest mean test force RMSE at its largest size."""
     best: dict[str, hl.CurveKey] = {}
     for key, pts in curves.items():
-        if key.dataset == dataset and pts[-1].size and pts[-1].mean(hl.FORCES) is not None:
+        if (key.dataset == dataset and pts[-1].records[0].spec.trains
+                and pts[-1].mean(hl.FORCES) is not None):
             cur = best.get(key.family)
             if cur is None or pts[-1].mean(hl.FORCES) < curves[cur][-1].mean(hl.FORCES):
                 best[key.family] = key
@@ -144,15 +158,16 @@ def _best_per_family(curves: dict, dataset: str) -> dict[str, hl.CurveKey]:
 
 
 def _figure_sections(curves: dict, h: hl.Headline, labels: dict, root: Path | None) -> list[Section]:
-    lc = Section("Learning curves", "Test error vs training size (log-log), one line per strategy, error "
-                 "bars: std over seeds; dashed: zero-shot; dotted: the scratch reference at its largest "
-                 f"size, shaded up to +{100 * h.settings['tolerance']:g} %.")
+    lc = Section("Learning curves", "Test error vs training size (log-log), RMSE (top) and MAE (bottom), one "
+                 "line per strategy, error bars: std over seeds; dashed: zero-shot; dotted: the scratch reference "
+                 f"at its largest size, shaded up to +{100 * h.settings['tolerance']:g} % (grey: it supports no "
+                 "claim); dash-dotted in the MAE panels: published potentials trained on the whole training set.")
     for mk in sorted({k.model_key for k in curves}):
         series = {labels[k]: pts for k, pts in sorted(curves.items(), key=lambda kv: hl.strategy_rank(kv[0].strategy))
                   if k.model_key == mk}
         lc.figure(f"curves-{'-'.join(mk)}", figures.learning_curves(
             series, h.references.get(mk), f"{mk[1]} ({mk[2]}) on {mk[0]}: test error vs training size",
-            h.settings["tolerance"]))
+            h.settings["tolerance"], published(mk[0])[1]))
     cross = Section("Families compared", "Each family at its best strategy (lowest mean test force RMSE "
                     "at the largest size); dashed: that model's zero-shot.")
     parity = Section("Parity: DFT vs predicted", "Test set, best model of each family as above, at its "
@@ -219,8 +234,13 @@ def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
             params = rec.parameters
             trained = ("0" if not rec.spec.trains else
                        f"{params.trainable:,} / {params.total:,}" if params else "–")
+            conv = [r.convergence for r in p.records if r.convergence]
+            stopped = ", ".join(sorted({f"{c.stopped} @ {c.epochs_run}" + (" (plateau)" if c.plateau else "")
+                                        for c in conv})) or "–"
             results.append([*base, _frozen(rec), size, str(len(p.records)), _ms(p.stat(hl.ENERGY)),
-                            _ms(p.stat(hl.FORCES)), _ms(p.stat("stress_rmse_gpa"), 2), trained])
+                            _fmt(p.mean("energy_mae_mev_per_atom")), _ms(p.stat(hl.FORCES)),
+                            _fmt(p.mean("forces_mae_mev_per_ang")), _ms(p.stat("stress_rmse_gpa"), 2), trained,
+                            stopped])
             per = [r.metrics.per_group or {} for r in p.records]
             names = sorted(per[0])
             for g in names[:max_groups]:
@@ -239,18 +259,21 @@ def _tables(curves: dict, labels: dict, max_groups: int) -> list[Section]:
                            _ms(p.timing("inference_atoms_per_s"), 0), _ms(p.timing("peak_rss_mb"), 0),
                            _ms(frac, 1, 100)])
     res = Section("Results per dataset, model, strategy and size",
-                  "Test-set RMSE, mean ± std over seeds; frozen blocks in forward order (native option).")
+                  "Test-set RMSE (mean ± std over seeds) and MAE (mean); frozen blocks in forward order (native "
+                  "option); stopped: why training ended, at which epoch (plateau: early stopping while the "
+                  "learning rate was still at least 20 % of its peak).", folded=True)
     res.table(["dataset", "model", "strategy", "frozen blocks", "train size", "seeds", "E RMSE (meV/atom)",
-               "F RMSE (meV/Å)", "S RMSE (GPa)", "trained / total params"], results)
+               "E MAE", "F RMSE (meV/Å)", "F MAE", "S RMSE (GPa)", "trained / total params", "stopped"], results)
     grp = Section("Errors per group of the test set",
-                  f"At most {max_groups} groups per run group (alphabetical); the rest are in the records.")
+                  f"At most {max_groups} groups per run group (alphabetical); the rest are in the records.",
+                  folded=True)
     grp.table(["dataset", "model", "strategy", "train size", "group", "structures", "E RMSE (meV/atom)",
                "F RMSE (meV/Å)", "S RMSE (GPa)"], groups)
     tim = Section("Timing and cost",
                   "Train time: the whole training loop. Step: forward + backward + optimizer step per training "
                   "structure; frozen blocks need no parameter gradients, so steps get cheaper as more is "
                   "frozen (ratio vs finetune: same model, size and machine). Data prep: share of epoch time "
-                  "spent on data after epoch 1 (graphs are built once, so it should be near 0).")
+                  "spent on data after epoch 1 (graphs are built once, so it should be near 0).", folded=True)
     tim.table(["dataset", "model", "strategy", "train size", "train time (s)", "step (ms/structure)",
                "vs finetune", "inference (atoms/s)", "peak RSS (MB)", "data prep after epoch 1 (%)"], timing)
     return [res, grp, tim]
@@ -362,6 +385,16 @@ def _properties_section(curves: dict, labels: dict) -> Section | None:
                         for k, _ in ELASTIC], _note(len(ok), err)] for key, p, ok, err in rows]
             sec.table(["model", "strategy", "train size", "seeds", *[t for _, t in ELASTIC], "note"],
                       [dft("DFT", *[_ms(ref[k], digits[k]) for k, _ in ELASTIC]), *_capped(table, 10)])
+            errors = {}
+            for key, p, ok, _ in rows:
+                if not ok or (p.size and p is not curves[key][-1]):  # untrained and each curve's largest size
+                    continue
+                model = {k: hl.Stat.of((e.get("model") or {}).get(k) for e in ok) for k, _ in ELASTIC}
+                errors[f"{key.model} {labels[key]} {_size(p)}"] = {
+                    title.split(" ")[0]: 100 * (model[k].mean - ref[k].mean) / abs(ref[k].mean)
+                    for k, title in ELASTIC if model[k] and ref[k] and ref[k].mean}
+            sec.figure(f"elastic-{ds}-{system}", figures.property_errors(
+                errors, f"{where}: elastic constants, model vs DFT (largest size of each strategy)"))
         elif prop == "mixing":
             ref = _same(e.get("dft_mean_mev_per_atom") for e in oks)
             cells = sorted({e.get("n_cells") for e in oks if e.get("n_cells") is not None})
@@ -480,7 +513,7 @@ def _environment(records: list[Record]) -> Section:
                p.hostname or "–", f"{(p.commit or 'unknown')[:10]}{' (dirty)' if p.dirty else ''}")
         seen.setdefault(row, []).append(r.timing.reference_workload_s if r.timing else None)
     env = Section("Environment and provenance", "Reference workload: a fixed torch workload timed by "
-                  "the worker, to compare timings across machines.")
+                  "the worker, to compare timings across machines.", folded=True)
     env.table(["model", "packages", "device", "threads", "CPU", "host", "commit", "reference workload (s)"],
               [[*row, _ms(hl.Stat.of(w), 3)] for row, w in seen.items()])
     return env
@@ -504,6 +537,10 @@ def build_sections(records: list[Record], root: Path | None = None, headline: di
                     ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
                     (f" ({', '.join(jobs)})" if jobs else "") +
                     ". Errors are on each dataset's fixed test set; mean ± std over seeds.")
+    paragraphs, best_table = summarise(h, curves, labels)
+    for text in paragraphs:
+        intro.text(text)
+    intro.table(*best_table)
     bad = Section("Failed, skipped and diverged runs")
     bad.table(["dataset", "model", "strategy", "train size", "seed", "status", "reason"],
               [[r.spec.dataset, r.spec.model, r.spec.what,
@@ -515,9 +552,30 @@ def build_sections(records: list[Record], root: Path | None = None, headline: di
                    "weights, so they must agree. On a CPU inference is compute-bound and batching gains "
                    "little; the ratio grows on a GPU.")
     perf.table(*targets.target_rows(records, targets.read_sweeps(root) if root else []))
-    extra = [_properties_section(curves, labels), _forgetting_section(curves, labels), _surrogate_section(records)]
-    return [intro, _headline_section(h, labels), *_figure_sections(curves, h, labels, root),
-            *_tables(curves, labels, max_groups), *filter(None, extra), perf, bad, _environment(records)]
+    extra = [_properties_section(curves, labels), _forgetting_section(curves, labels), _surrogate_section(records),
+             _lr_grid_section(records)]
+    lc, cross, parity = _figure_sections(curves, h, labels, root)
+    return [intro, cross, lc, _headline_section(h, labels), parity, *filter(None, extra),
+            *_tables(curves, labels, max_groups), perf, bad, _environment(records)]
+
+
+def _lr_grid_section(records: list[Record]) -> Section | None:
+    found = lr_grid.candidates(records)
+    if not found:
+        return None
+    sec = Section("Learning rates chosen on the validation set",
+                  "Each trained strategy ran once per candidate learning rate at one training size (first seed); "
+                  "the candidate with the lowest best validation loss is used at every size. The test set is "
+                  "not looked at.")
+    rows = []
+    for (ds, model, strategy), cands in sorted(found.items()):
+        ok = [c for c in cands if c.val_loss is not None]
+        best = min(ok, key=lambda c: c.val_loss) if ok else None
+        rows.append([ds, model, strategy, str(cands[0].record.spec.train_size),
+                     ", ".join(f"{c.lr:g}: {'–' if c.val_loss is None else f'{c.val_loss:.4g}'}" for c in cands),
+                     f"{best.lr:g}" if best else "none (no candidate finished)"])
+    sec.table(["dataset", "model", "strategy", "at size", "candidate: best validation loss", "chosen"], rows)
+    return sec
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -539,7 +597,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1600px}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
-th{background:#eee}tr:nth-child(even){background:#fafafa}img{max-width:100%;display:block;margin:1em 0}"""
+th{background:#eee}tr:nth-child(even){background:#fafafa}img{max-width:100%;display:block;margin:1em 0}
+summary h2{display:inline;cursor:pointer}details{margin:1em 0}"""
 
 
 def write_report(results_dir: Path, headline: dict | None = None) -> tuple[Path, Path]:
@@ -556,7 +615,10 @@ def write_report(results_dir: Path, headline: dict | None = None) -> tuple[Path,
     md, body = [f"# {title}\n"], [f"<h1>{title}</h1>"]
     for sec in sections:
         md.append(f"## {sec.title}\n")
-        body.append(f"<h2>{html.escape(sec.title)}</h2>")
+        if sec.folded:  # wide tables: one click away, below the answer and the figures
+            body.append(f"<details><summary><h2>{html.escape(sec.title)}</h2></summary>")
+        else:
+            body.append(f"<h2>{html.escape(sec.title)}</h2>")
         for kind, part in sec.parts:
             if kind == "text":
                 md.append(part + "\n")
@@ -570,6 +632,8 @@ def write_report(results_dir: Path, headline: dict | None = None) -> tuple[Path,
                 md.append(f"![{name}]({name})\n")
                 b64 = base64.b64encode(png).decode()
                 body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">')
+        if sec.folded:
+            body.append("</details>")
     md_path, html_path = results_dir / "report.md", results_dir / "report.html"
     md_path.write_text("\n".join(md))
     html_path.write_text(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"

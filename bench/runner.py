@@ -33,8 +33,10 @@ from bench.core.contract import (
     UNKNOWN_DEVICE,
     Artefacts,
     DataFiles,
+    DerivedRun,
     Job,
     JobPaths,
+    Parameters,
     Provenance,
     Record,
     Result,
@@ -65,11 +67,12 @@ from datasets.splits import resolve_size
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one planned run: its record (None: another process holds the run)
-    and whether it was reused from the store rather than run."""
+    """What became of one planned run: its record (None: another process holds the run),
+    the records of the runs derived from it, and whether they were reused from the store."""
 
     record: Record | None
     reused: bool = False
+    derived: tuple[Record, ...] = ()
 
 
 def _write_frames(path: Path, frames) -> None:
@@ -124,6 +127,8 @@ def _job(run: PlannedRun, placement: Placement, threads: int, data: dict, store:
                                                                      val=run.val_idx),
                other=_other_data(run, data), properties=properties if _wants_properties(run.spec, cfg) else None,
                device=placement.device, threads=threads,
+               derived=tuple(DerivedRun(spec=d.spec, run_id=run_id(d.spec, placement.runtime), train=d.train_idx)
+                             for d in run.derived),
                paths=JobPaths(result=str(jobs / f"{attempt}.result.json"),
                               progress=str(jobs / f"{attempt}.progress.jsonl"),
                               log=str(store.root / "logs" / f"{rid}.log"),
@@ -131,9 +136,9 @@ def _job(run: PlannedRun, placement: Placement, threads: int, data: dict, store:
 
 
 def run_worker(run: PlannedRun, placement: Placement, server: ForkServer, threads: int, data: dict, store: Store,
-               cfg: SweepConfig, on_epoch=None) -> tuple[Record, str | None]:
+               cfg: SweepConfig, on_epoch=None) -> tuple[Record, Result | None]:
     """Run one spec in a forked worker and turn whatever happens into a record; also returns
-    the worker's skip scope (which other runs the same skip applies to), if any."""
+    the worker's result, if it wrote one."""
     started = now()
     attempt = f"{run_id(run.spec, placement.runtime)}-{os.getpid()}-{time.time_ns()}"
     job = _job(run, placement, threads, data, store, cfg, attempt)
@@ -165,14 +170,32 @@ def run_worker(run: PlannedRun, placement: Placement, server: ForkServer, thread
         artefacts = Artefacts(log=log, predictions=f"predictions/{job.run_id}.npz" if trained else None)
         record = Record.of(result, spec=run.spec, runtime=placement.runtime, rid=job.run_id,
                            provenance=_provenance(started), artefacts=artefacts)
-        scope = result.skip_scope
     else:
+        result = None
         record = _verdict(run, placement.runtime, "failed", failure, started, artefacts=Artefacts(log=log),
                           log_tail=_tail(log_path))
-        scope = None
     for path in (job_path, result_path, progress_path):
         path.unlink(missing_ok=True)
-    return record, scope
+    return record, result
+
+
+def _derived_records(run: PlannedRun, record: Record, result: Result | None) -> tuple[Record, ...]:
+    """The records of the runs derived from ``run``: what its worker computed for them, or
+    its own status and reason where it computed nothing."""
+    out = []
+    for d in run.derived:
+        rid = run_id(d.spec, record.runtime)
+        found = (result.derived or {}).get(rid) if result is not None and result.ok else None
+        common = {"spec": d.spec, "runtime": record.runtime, "run_id": rid, "provenance": record.provenance}
+        if found is not None:
+            total = record.parameters.total if record.parameters else 0
+            out.append(Record(status="ok", metrics=found.metrics, reference_energies_ev=found.reference_energies_ev,
+                              parameters=Parameters(trainable=0, total=total), environment=record.environment,
+                              **common))
+        else:
+            out.append(Record(status="failed" if record.ok else record.status,
+                              reason=record.reason or f"{record.spec.label} computed no E0 refit for it", **common))
+    return tuple(out)
 
 
 def _summary(record: Record) -> str:
@@ -232,27 +255,33 @@ def run_planned(run: PlannedRun, slot: WorkerSlot, *, data: dict, store: Store, 
         runtime = Runtime(device=UNKNOWN_DEVICE)
         record = _verdict(run, runtime, "failed", f"environment unavailable: {placement}", started)
         with _claim(store, record.run_id) as mine:
-            if mine:
-                store.put(record)
-        return Outcome(record if mine else None)
+            if not mine:
+                return Outcome(None)
+            derived = _derived_records(run, record, None)
+            for rec in (record, *derived):
+                store.put(rec)
+        return Outcome(record, derived=derived)
     with _claim(store, run_id(run.spec, placement.runtime)) as mine:
         if not mine:
             return Outcome(None)
-        existing = store.find(run.spec, placement.runtime)
-        if existing is not None and existing.ok:  # stored earlier, or finished meanwhile by another sweep
-            return Outcome(existing, reused=True)
+        existing = [store.find(r.spec, placement.runtime) for r in (run, *run.derived)]
+        if all(r is not None and r.ok for r in existing):  # stored earlier, or meanwhile by another sweep
+            return Outcome(existing[0], reused=True, derived=tuple(existing[1:]))
         known = next((known_skips[s] for s in _skip_scopes(run) if s in known_skips), None)
+        result = None
         if known:
             record = _verdict(run, placement.runtime, "skipped", known, started)
         elif placement.problem:
             record = _verdict(run, placement.runtime, "failed", placement.problem, started)
         else:
-            record, scope = run_worker(run, placement, slot.server(run.model), slot.threads, data, store, cfg,
-                                       on_epoch)
-            if scope:
-                known_skips[(run.model.key, run.spec.checkpoint, scope)] = record.reason
-        store.put(record)
-        return Outcome(record)
+            record, result = run_worker(run, placement, slot.server(run.model), slot.threads, data, store, cfg,
+                                        on_epoch)
+            if result is not None and result.skip_scope:
+                known_skips[(run.model.key, run.spec.checkpoint, result.skip_scope)] = record.reason
+        derived = _derived_records(run, record, result)
+        for rec in (record, *derived):
+            store.put(rec)
+        return Outcome(record, derived=derived)
 
 
 def execute(plan: Plan, store: Store) -> dict[str, float]:
@@ -274,15 +303,18 @@ def execute(plan: Plan, store: Store) -> dict[str, float]:
         if isinstance(outcome, Lost):  # a remote job died before it could store a record
             record = _verdict(outcome.run, Runtime(device=UNKNOWN_DEVICE), "failed", outcome.reason, now(),
                               log_tail=outcome.log_tail)
-            store.put(record)
-            outcome = Outcome(record)
+            derived = _derived_records(outcome.run, record, None)
+            for rec in (record, *derived):
+                store.put(rec)
+            outcome = Outcome(record, derived=derived)
         if outcome.record is None:
             counts["running elsewhere"] = counts.get("running elsewhere", 0) + 1
             continue
         record = outcome.record
-        status = "reused" if outcome.reused else record.status
-        counts[status] = counts.get(status, 0) + 1
-        progress.finish(record.spec.label, "ok (stored)" if outcome.reused else status, _summary(record))
+        for rec in (record, *outcome.derived):
+            status = "reused" if outcome.reused else rec.status
+            counts[status] = counts.get(status, 0) + 1
+        progress.finish(record.spec.label, "ok (stored)" if outcome.reused else record.status, _summary(record))
     env_setup_s = sum(slot.env_setup_s for slot in executor.slots)
     counts["env_setup_s"] = round(env_setup_s, 1)
     entry = {"preset": plan.config.preset, "executor": plan.config.executor, "workers": len(executor.slots),

@@ -32,7 +32,9 @@ from bench.store import Store
 from datasets import DatasetError
 from tests.conftest import emt_frames, minimal_record
 
-BASELINE = PROJECT_ROOT / "reports" / "baselines" / "regression"
+# the regression baseline as committed before records stored their runtime and spec id, and
+# before the protocol's energy weight became 100 (kept here to test the migration)
+LEGACY = PROJECT_ROOT / "tests" / "data" / "legacy-regression"
 
 
 def _spec(**changes) -> TrainSpec:
@@ -61,9 +63,10 @@ def test_spec_job_and_result_round_trip_through_json():
 def test_additive_fields_keep_the_identity_of_specs_written_without_them():
     spec = _spec()
     assert {"init", "lora", "replay", "pool_size"}.isdisjoint(spec.to_dict())
-    assert "energy_weight" not in spec.to_dict()["train_config"]  # at the value its absence meant
-    heavier = _spec(train_config=TrainConfig(epochs=2, energy_weight=10.0))
-    assert heavier.to_dict()["train_config"]["energy_weight"] == 10.0 and heavier.spec_id != spec.spec_id
+    assert "stress_weight" not in spec.to_dict()["train_config"]  # at the value its absence meant
+    assert spec.to_dict()["train_config"]["energy_weight"] == 100.0  # the protocol's, not the one absence meant
+    legacy = _spec(train_config=TrainConfig(epochs=2, energy_weight=1.0))
+    assert "energy_weight" not in legacy.to_dict()["train_config"] and legacy.spec_id != spec.spec_id
     # scratch specs said "random weights" by their name alone before they carried `init`
     scratch = spec_from_dict({**_spec().to_dict(), "strategy": "scratch"})
     assert scratch.init == "random" and scratch.is_reference and "init" not in scratch.to_dict()
@@ -78,17 +81,22 @@ def test_run_ids_cover_the_runtime():
     assert run_id(spec, cpu) != run_id(spec, dataclasses.replace(cpu, packages={**cpu.packages, "torch": "2.14.0"}))
 
 
-def test_records_of_the_committed_baseline_migrate_and_match_a_fresh_plan():
-    """The baseline was stored before records carried their runtime and spec id: each loads,
-    its runtime comes from its environment, and its spec id equals the one planned today."""
-    records = Store(BASELINE).all()
-    planned = {run.spec.spec_id for run in make_plan(SweepConfig.from_preset("regression")).runs}
+def test_records_of_the_earlier_baseline_migrate_and_match_a_plan_of_their_settings():
+    """That baseline was stored before records carried their runtime and spec id: each loads,
+    its runtime comes from its environment, and its spec id equals today's plan of the same
+    settings (its strategies, energy weight 1): the fields added since leave the specs as they were."""
+    records = Store(LEGACY).all()
+    then = SweepConfig.from_preset("regression", strategies=("zero-shot", "scratch", "finetune",
+                                                              "freeze-interactions"), energy_weight=1.0)
+    planned = {run.spec.spec_id for run in make_plan(then).runs}
     assert len(records) == 16 and {r.spec_id for r in records} == planned
+    today = {run.spec.spec_id for run in make_plan(SweepConfig.from_preset("regression")).runs}
+    assert not today & {r.spec_id for r in records if r.spec.trains}  # the energy weight changed them
     ok = [r for r in records if r.ok]
     assert all(r.runtime.device == "cpu" and "torch" in r.runtime.packages for r in ok)
     assert all("numpy" not in r.runtime.packages for r in ok)  # common packages are not the runtime
     for r in records:
-        raw = json.loads((BASELINE / "records" / f"{r.run_id}.json").read_text())
+        raw = json.loads((LEGACY / "records" / f"{r.run_id}.json").read_text())
         assert r.spec.to_dict() == raw["spec"] and r.spec_id == raw["run_id"]  # canonical = stored
         assert Record.from_dict(r.to_dict()) == r
 

@@ -59,13 +59,20 @@ def test_report_html_renders_offline_without_errors(synthetic_store):
             headers = page.eval_on_selector_all("th", "els => els.map(e => e.textContent)")
             h2 = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
             tables = page.locator("table").count()
+            folded = page.eval_on_selector_all("details", "els => els.map(e => [e.querySelector('h2').textContent,"
+                                               " e.open, e.querySelector('table').checkVisibility()])")
+            page.click("summary:has-text('Headline')")
+            opened = page.eval_on_selector("details:has(h2:text('Headline')) table", "e => e.checkVisibility()")
         finally:
             browser.close()
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    assert len(images) == 4
+    assert len(images) == 5  # families, 2 learning curves, parity, elastic constants
     for alt, complete, width, src, inked in images:
         assert complete and width > 0 and src == "data:image/png;base64" and inked > 0.01, (alt, inked)
-    assert h2[:2] == ["Summary", "Headline"]
+    assert h2[:4] == ["Summary", "Families compared", "Learning curves", "Headline"]  # the answer first
+    assert {name for name, is_open, shown in folded if not is_open and not shown} >= {
+        "Headline", "Results per dataset, model, strategy and size", "Timing and cost"}  # wide tables folded
+    assert opened is True, folded  # and one click opens them
     assert "F within 10 % from" in headers and "chem. acc. from" in headers
     assert tables >= 7

@@ -264,3 +264,32 @@ def test_lora_soft_freeze_replay_surrogate_and_properties_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     for section in ("## Physical properties", "## Forgetting", "## Surrogate distillation"):
         assert section in report
+
+
+def test_zero_shot_e0_refits_and_step_budgets_through_real_workers(tmp_path):
+    """zero-shot-e0 records come from the zero-shot run's predictions (forces identical, energies
+    refit per training subset); --min-steps gives a 1-structure subset as many steps as a larger
+    one; every trained record says why it stopped; a rerun reuses all of it."""
+    out = tmp_path / "res"
+    args = ["run", *BASE, "--models", "m3gnet", "--strategies", "zero-shot,zero-shot-e0,finetune", "--sizes", "1,3",
+            "--seeds", "0", "--epochs", "1", "--min-steps", "3", "--batch-size", "2", "--pool-size", "4",
+            "--val-size", "2", "--perf-structures", "0", "--threads", "2", "--out", str(out)]
+    bench(*args)
+    recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert len(recs) == 5 and {r["status"] for r in recs} == {"ok"}
+    zero = next(r for r in recs if r["spec"]["strategy"] == "zero-shot")
+    refits = [r for r in recs if r["spec"]["strategy"] == "zero-shot-e0"]
+    assert sorted(r["spec"]["train_size"] for r in refits) == [1, 3]
+    for r in refits:
+        assert r["metrics"]["forces_rmse_mev_per_ang"] == zero["metrics"]["forces_rmse_mev_per_ang"]
+        assert r["metrics"]["energy_rmse_mev_per_atom"] != zero["metrics"]["energy_rmse_mev_per_atom"]
+        assert set(r["reference_energies_ev"]) == {"42"} and r["runtime"] == zero["runtime"]
+    for r in (r for r in recs if r["spec"]["strategy"] == "finetune"):
+        c = r["convergence"]
+        assert c["steps_run"] == 3 and c["stopped"] == "budget" and c["plateau"] is False, c
+        assert r["resolved_train_config"]["energy_weight"] == 100.0
+    again = bench(*args)
+    assert again.stderr.count("ok (stored)") == 3  # the zero-shot run (with its refits) and 2 finetune runs
+    assert len(list((out / "records").glob("*.json"))) == 5
+    report = (out / "report.md").read_text()
+    assert "no data-efficiency claim" in report or "no scratch reference" in report

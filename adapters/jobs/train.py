@@ -17,7 +17,7 @@ import numpy as np
 
 from adapters.jobs import prepare
 from adapters.jobs.common import JobFrames, energy_and_forces, predictions, read_frames
-from adapters.training import Diverged, train
+from adapters.training import Diverged, e0_shift, train
 from bench.core.contract import Result
 from bench.core.metrics import error_metrics
 from bench.core.util import peak_rss_mb
@@ -66,6 +66,7 @@ def _train(job: Job, adapter, frames: JobFrames, replay_frames, progress, fields
     hist = train(adapter, [*frames.train, *replay_labelled], frames.val, cfg,
                  on_epoch=lambda row: progress({**row, "epochs": cfg.epochs}))
     prepare.finish(adapter, fields.get("lora"), frames.val)
+    fields["convergence"] = hist.convergence()
     summary = hist.as_dict()
     fields["curve"] = summary.pop("epochs")
     timing |= summary
@@ -88,6 +89,8 @@ def run(job: Job, progress: Callable[[dict], None]) -> Result:
     timing: dict = {"load_s": time.perf_counter() - t0}
     fields: dict = {"blocks": [{"name": b.name, "kind": b.kind, "n_params": b.n_params} for b in adapter.blocks()]}
     before = predictions(adapter, forget_frames, stress=False) if forget_frames else None
+    if not spec.trains and spec.e0_policy == "refit":  # the foundation with its E0 refit, no training
+        fields.update(prepare.adapt(adapter, freeze_k=0, e0_policy="refit", lora=None, train_frames=frames.train))
     if spec.trains:
         try:
             _train(job, adapter, frames, replay_frames, progress, fields, timing)
@@ -118,5 +121,24 @@ def run(job: Job, progress: Callable[[dict], None]) -> Result:
         except Exception as exc:  # a property definition problem must not lose the run
             fields["properties_error"] = f"{type(exc).__name__}: {exc}"
         timing["properties_s"] = time.perf_counter() - t0
+    if job.derived:
+        fields["derived"] = _e0_refits(job, adapter, frames, pred, ref, groups)
     timing["peak_rss_mb"] = peak_rss_mb()
     return Result.from_dict({"status": "ok", **fields, "parameters": parameters, "timing": timing})
+
+
+def _e0_refits(job: Job, adapter, frames: JobFrames, test_pred: dict, test_ref: dict, groups: list[str]) -> dict:
+    """Test errors of this untrained model with its reference energies refit on each derived
+    run's training subset: a per-element shift of the energies (forces and stress unchanged),
+    from one prediction of the training structures they use."""
+    used = sorted({i for d in job.derived for i in d.train})
+    pool_energy = dict(zip(used, adapter.predict([frames.pool[i] for i in used], stress=False).energy, strict=True))
+    references = adapter.reference_energies()
+    out = {}
+    for d in job.derived:
+        shift = e0_shift([frames.pool[i] for i in d.train], np.array([pool_energy[i] for i in d.train]))
+        moved = np.array([sum(shift.get(int(z), 0.0) for z in a.numbers) for a in frames.test])
+        metrics = error_metrics({**test_pred, "energy": test_pred["energy"] + moved}, test_ref, groups)
+        out[d.run_id] = {"metrics": metrics,
+                         "reference_energies_ev": {str(z): references[z] + v for z, v in shift.items()}}
+    return out

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from bench.core.util import atomic_write_json, digest
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "skipped", "diverged")
+ROLES = ("curve", "lr-grid", "budget-check")
 INITS = ("foundation", "random")
 E0_POLICIES = {
     "refit": "least-squares per-element correction of the model's E0 on the training subset, then frozen",
@@ -174,17 +176,32 @@ class TrainConfig(Serial):
     max_time_s: float = 1800.0
     lr_min_factor: float = additive(0.05)
     weight_decay: float = additive(0.0)
-    energy_weight: float = additive(1.0)
+    # per-atom energies (eV) weigh 100 against forces (eV/Å): measured on M3GNet fine-tuned on 37
+    # mlearn-Mo structures (README, "Shared training loop"); records from before kept 1
+    energy_weight: float = additive(100.0, implied=1.0)
     forces_weight: float = additive(1.0)
     stress_weight: float = additive(0.1)
     explode_factor: float = additive(1e4)
     lr_factors: dict | None = additive(None)  # block kind -> LR factor (0 freezes), as mace --lr_params_factors
+    min_steps: int | None = additive(None)  # at least this many optimizer steps (more epochs on small subsets)
+    eval_interval_steps: int | None = additive(None)  # validate after whole epochs at least this many steps apart
 
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs}: training needs at least 1 epoch")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ValueError(f"min_steps={self.min_steps}: training needs at least 1 step")
+
+    def budget_steps(self, n_train: int) -> int:
+        """Optimizer steps for ``n_train`` structures: ``epochs`` passes, but at least ``min_steps``."""
+        return max(self.epochs * math.ceil(n_train / self.batch_size), self.min_steps or 0)
+
+    def doubled(self) -> TrainConfig:
+        """The same settings with twice the budget (a convergence check)."""
+        return dataclasses.replace(self, epochs=2 * self.epochs,
+                                   min_steps=2 * self.min_steps if self.min_steps else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,12 +286,16 @@ class TrainSpec(SpecBase):
     lora: LoraSettings | None = additive(None)
     replay: OtherDomain | None = additive(None)
     forgetting: OtherDomain | None = additive(None)
+    role: str = additive("curve")  # curve | lr-grid (a learning-rate candidate) | budget-check
+    check_of: str | None = additive(None)  # budget-check: the spec id of the run with half this budget
 
     def __post_init__(self):
         if self.init not in INITS:
             raise ContractError(f"init {self.init!r} not in {INITS}")
         if self.e0_policy not in E0_POLICIES:
             raise ContractError(f"e0_policy {self.e0_policy!r} not in {sorted(E0_POLICIES)}")
+        if self.role not in ROLES:
+            raise ContractError(f"role {self.role!r} not in {ROLES}")
 
     @property
     def trains(self) -> bool:
@@ -302,13 +323,20 @@ class TrainSpec(SpecBase):
                 and not (self.train_config and self.train_config.lr_factors))
 
     @property
+    def sized(self) -> bool:
+        """Depends on a training subset: it trains, or fits its reference energies on it."""
+        return self.trains or self.e0_policy == "refit"
+
+    @property
     def what(self) -> str:
         return self.strategy
 
     @property
     def label(self) -> str:
-        size = f" n={self.train_size} seed={self.seed}" if self.trains else ""
-        return f"{self.model} {self.strategy}{size}"
+        size = f" n={self.train_size} seed={self.seed}" if self.sized else ""
+        role = {"lr-grid": f" (lr {self.train_config.lr:g} candidate)" if self.train_config else "",
+                "budget-check": " (2x budget check)"}.get(self.role, "")
+        return f"{self.model} {self.strategy}{size}{role}"
 
     @classmethod
     def from_dict(cls, data: dict):
@@ -440,6 +468,17 @@ class JobPaths(Serial):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DerivedRun(Serial):
+    """A run answered by another run's predictions: the foundation with only its reference
+    energies refit on ``train`` (indices into the pool) is the zero-shot model's test
+    predictions plus a per-element energy shift, so no job of its own is needed."""
+
+    spec: Spec
+    run_id: str
+    train: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Job(Serial):
     """One run as its worker sees it. ``device`` is resolved (cpu, cuda, cuda:N);
     ``other``: the other domain's files (``train``: its replayed pool indices)."""
@@ -455,6 +494,8 @@ class Job(Serial):
     device: str = "cpu"
     threads: int = 1
     paths: JobPaths
+    derived: tuple[DerivedRun, ...] = ()  # runs an untrained model's predictions answer too
+
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -599,6 +640,34 @@ class Forgetting(Serial):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Convergence(Serial):
+    """Why training stopped and whether it had converged (``adapters.training.History``).
+
+    ``plateau``: early stopping fired while the learning rate was still at least a fifth of
+    its peak (not in the flat tail of its decay); ``val_forces_trend_pct_per_epoch``: the
+    validation force RMSE's change per epoch over the last quarter of the evaluations
+    (negative: still falling)."""
+
+    stopped: str
+    epochs_run: int = 0
+    steps_run: int = 0
+    best_epoch: int | None = None
+    lr_peak: float | None = None
+    lr_at_stop: float | None = None
+    lr_fraction_at_stop: float | None = None
+    val_forces_best_mev_per_ang: float | None = None
+    val_forces_trend_pct_per_epoch: float | None = None
+    plateau: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DerivedResult(Serial):
+    metrics: Metrics
+    reference_energies_ev: dict[str, float] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Payload(Serial):
     """What a run produced; shared by the worker's Result and the stored Record.
 
@@ -628,6 +697,7 @@ class Payload(Serial):
     model_source: str | None = None
     surrogate: dict | None = None
     diverged_epoch: int | None = None
+    convergence: Convergence | None = None
     wall_s: float | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -649,6 +719,7 @@ class Result(Payload):
     orchestrator which other runs the same skip applies to; it is not stored."""
 
     skip_scope: str | None = None
+    derived: dict[str, DerivedResult] | None = None  # by run id, for the job's derived runs
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -719,4 +790,4 @@ class Record(Payload):
     def of(cls, result: Result, *, spec: Spec, runtime: Runtime, rid: str, **fields) -> Record:
         """The record of a worker's result (``skip_scope`` is the orchestrator's business)."""
         payload = {f.name: getattr(result, f.name) for f in dataclasses.fields(Payload)}
-        return cls(**payload, spec=spec, runtime=runtime, run_id=rid, **fields)
+        return cls(**{**payload, **fields}, spec=spec, runtime=runtime, run_id=rid)

@@ -48,6 +48,9 @@ class Strategy:
 STRATEGIES: tuple[Strategy, ...] = (
     Strategy("zero-shot", "the foundation model as is, no training", trains=False,
              e0_policy="foundation", default=True),
+    Strategy("zero-shot-e0", "the foundation with only its per-element reference energies refit on the training "
+             "subset (least squares), no gradient steps: what a DFT-setup offset alone explains", trains=False,
+             e0_policy="refit", default=True),
     Strategy("scratch", "same architecture, random initial weights, everything trains", init="random",
              default=True),
     Strategy("finetune", "from the foundation, every block trains (freeze 0)", default=True),
@@ -66,6 +69,7 @@ STRATEGIES: tuple[Strategy, ...] = (
              "(sweep replay_dataset, replay_fraction), against forgetting", replay=True),
 )
 BY_NAME = {s.name: s for s in STRATEGIES}
+UNTRAINED = "zero-shot"  # the run that E0-only refits (zero-shot-e0) are computed from
 FREEZE_K_HELP = "first k blocks frozen, in the forward order shown by `bench list models`"
 DEFAULT_STRATEGIES = tuple(s.name for s in STRATEGIES if s.default)
 

@@ -26,8 +26,10 @@ from ase import units
 
 from adapters import lora
 from adapters.training import TrainConfig, refit_reference_energies, train
+from adapters.training import _evaluate as training_evaluate
 from adapters.training import _loss as training_loss
 from adapters.training import _param_groups as training_param_groups
+from adapters.training import _residuals as training_residuals
 from adapters.training import _targets as training_targets
 from bench.registry import get_model, resolve_strategy
 from datasets import load_dataset
@@ -59,7 +61,8 @@ class AdapterContract:
     # and the factor by which test force RMSE must beat the starting model
     train_slice: slice = slice(0, 8)
     val_slice: slice = slice(8, 11)
-    train_config: TrainConfig = TrainConfig(epochs=4, lr=2e-3, batch_size=4)
+    # forces-only emphasis (energy weight 1): the check is that training moves the forces
+    train_config: TrainConfig = TrainConfig(epochs=4, lr=2e-3, batch_size=4, energy_weight=1.0)
     improvement: float = 1.0
 
     def test_blocks_match_the_registry_and_cover_every_parameter(self, foundation):
@@ -208,6 +211,26 @@ class AdapterContract:
         embedding = adapter.blocks()[0].prefixes
         assert not any(p.requires_grad for n, p in adapter.model_.named_parameters() if n.startswith(embedding))
 
+    def test_training_tensors_live_on_the_adapter_s_device(self, make, mo):
+        """Every tensor the shared loop creates is on the adapter's device. With torch's
+        default device moved elsewhere (meta), a tensor made without an explicit device lands
+        there and the loss fails, as a CPU tensor next to a model on a GPU would. (The
+        libraries' own collation and forward pass stay outside: some build on the default
+        device and copy, which works on a GPU but not from meta.)"""
+        adapter = make().freeze(0)
+        batch = training_targets(adapter, mo[1][:2], with_stress=True)
+        device = torch.device(adapter.device).type
+        assert {t.forces.device.type for t in batch} | {t.energy.device.type for t in batch} == {device}
+        adapter.model_.train(True)
+        out = adapter.forward_batch(adapter.collate([t.graph for t in batch]), stress=True)
+        with torch.device("meta"):
+            residuals = training_residuals(out, batch, True)
+            loss = sum((r**2).mean() for r in residuals.values())
+        assert loss.device.type == device and math.isfinite(loss.item())
+        loss.backward()
+        adapter.model_.train(False)
+        assert all(math.isfinite(v) for v in training_evaluate(adapter, batch, TrainConfig(), True).values())
+
     def test_label_copies_frames_with_the_model_predictions(self, foundation, mo):
         frames = mo[1][:3]
         labelled = foundation.label(frames, stress=True)
@@ -243,7 +266,7 @@ class HotPathBenchmarks:
         adapter.model_.train(True)
 
         def step() -> float:
-            loss, _ = training_loss(adapter, batch, cfg, True)
+            loss = training_loss(adapter, batch, cfg, True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

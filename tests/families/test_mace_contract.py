@@ -67,7 +67,7 @@ class TestMACEContract(AdapterContract, HotPathBenchmarks):
     family = "mace"
     calculator_atol = (1e-5, 1e-5, 1e-7)
     stress_witness = ()  # the small stand-in is no witness; see the strain-derivative test
-    train_config = TrainConfig(epochs=6, lr=1e-2, batch_size=4)
+    train_config = TrainConfig(epochs=6, lr=1e-2, batch_size=4, energy_weight=1.0)
 
     def test_mace_blocks_and_buffer_references(self, foundation, make):
         assert [b.name for b in foundation.blocks()] == BLOCK_NAMES

@@ -35,7 +35,7 @@ class TestSevenNetContract(AdapterContract, HotPathBenchmarks):
     stress_witness = (("mlearn-Mo", "Elastic"), ("snap-NbMoTaW", "Mo_Elastic"))
     # the readout alone moves slowly: surfaces only, no stress; measured 0.159 -> 0.119 eV/Å
     train_slice, val_slice = slice(0, 7), slice(7, 9)
-    train_config = TrainConfig(epochs=5, lr=5e-3, batch_size=2, stress_weight=0.0)
+    train_config = TrainConfig(epochs=5, lr=5e-3, batch_size=2, stress_weight=0.0, energy_weight=1.0)
     improvement = 0.95
 
     def test_sevennet_blocks_and_fixed_denominators(self, make):
