@@ -2,7 +2,7 @@
 worker, and everything a results directory stores, as frozen dataclasses.
 
     orchestrator                                    worker (the family's environment)
-    Spec      what to run (TrainSpec, PerfSpec, SurrogateSpec): the run's identity
+    Spec      what to run (TrainSpec, PerfSpec, SurrogateSpec, MDSpec): the run's identity
     Runtime   where: device kind and the environment's key package versions
     Job       spec + runtime + data files + output paths  ->  job.json  ->  adapters.worker
     Result    status, metrics, curve, timing, ...          <-  result.json  <-
@@ -396,8 +396,46 @@ class SurrogateSpec(SpecBase):
         return f"{self.model} surrogate ({self.teacher_strategy} teacher n={self.train_size} -> small student)"
 
 
-Spec = TrainSpec | PerfSpec | SurrogateSpec
-SPEC_KINDS: dict[str, type[SpecBase]] = {c.kind: c for c in (TrainSpec, PerfSpec, SurrogateSpec)}
+@dataclass(frozen=True, kw_only=True)
+class MDSpec(SpecBase):
+    """MD stability of a saved model (``adapters.md``): from a test cell, Langevin dynamics at
+    each temperature followed by an NVE segment, and a homonuclear dimer curve per element.
+
+    The model is the saved file of run ``model_run`` and its sha256 is part of the identity:
+    the same run trained again (another file) is another MD run. ``strategy``, ``train_size``
+    and ``seed`` repeat that run's, for tables. ``criteria``: what counts as blowing up or
+    drifting; ``dimer``: the dimer grid (both: ``bench.config.MD_DEFAULTS``)."""
+
+    kind: ClassVar[str] = "md"
+    model_run: str
+    model_sha256: str
+    strategy: str
+    train_size: int
+    seed: int
+    cell_group: str  # start from the test frame of this group with the lowest energy per atom
+    temperatures_k: tuple[float, ...]
+    timestep_fs: float
+    langevin_ps: float
+    nve_ps: float
+    friction_per_fs: float
+    criteria: dict
+    dimer: dict
+
+    @property
+    def what(self) -> str:
+        return "MD stability"
+
+    @property
+    def needs_foundation(self) -> bool:
+        return False  # the saved model is all it needs
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} MD stability of {self.strategy} n={self.train_size} seed={self.seed}"
+
+
+Spec = TrainSpec | PerfSpec | SurrogateSpec | MDSpec
+SPEC_KINDS: dict[str, type[SpecBase]] = {c.kind: c for c in (TrainSpec, PerfSpec, SurrogateSpec, MDSpec)}
 
 
 def spec_from_dict(data: dict) -> Spec:
@@ -495,7 +533,8 @@ class Job(Serial):
     threads: int = 1
     paths: JobPaths
     derived: tuple[DerivedRun, ...] = ()  # runs an untrained model's predictions answer too
-
+    save_model_to: str | None = None  # a trained model: export it natively into this folder
+    model_file: str | None = None  # an MD job: the saved model it loads with its library's loader
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -674,7 +713,7 @@ class Payload(Serial):
     ``properties``: per property (elastic, mixing, relaxation) the model's and DFT's values
     (``adapters.properties``); ``surrogate``: teacher, student, foundation and speed of a
     distillation job; ``lora``: rank, alpha, adapted matrices and the merge's largest energy
-    change. Unknown keys are kept in ``extra``.
+    change; ``md``: an MD job's stability runs and dimer curves. Unknown keys are kept in ``extra``.
     """
 
     _omit_none: ClassVar[bool] = True
@@ -696,6 +735,7 @@ class Payload(Serial):
     replay_structures: int | None = None
     model_source: str | None = None
     surrogate: dict | None = None
+    md: dict | None = None  # MD jobs: per temperature and the dimer curves (adapters.md)
     diverged_epoch: int | None = None
     convergence: Convergence | None = None
     wall_s: float | None = None
@@ -716,10 +756,12 @@ class Payload(Serial):
 @dataclass(frozen=True, kw_only=True)
 class Result(Payload):
     """What a worker writes. ``skip_scope`` (``model`` or ``checkpoint``) tells the
-    orchestrator which other runs the same skip applies to; it is not stored."""
+    orchestrator which other runs the same skip applies to; it is not stored. ``model``: the
+    saved model, which the orchestrator stores as the record's ``artefacts.model``."""
 
     skip_scope: str | None = None
     derived: dict[str, DerivedResult] | None = None  # by run id, for the job's derived runs
+    model: ModelArtefact | None = None  # the export the job asked for (path absolute); the record's artefact
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -730,11 +772,35 @@ class Result(Payload):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelArtefact(Serial):
+    """A trained model saved in its library's native format (``adapters.base.Adapter.export``):
+    ``format`` names it (``mace-model``, ``sevenn-checkpoint``, ``chgnet-file``,
+    ``matgl-directory``); ``path`` is relative to the results directory (a file, or a
+    directory for matgl), ``sha256`` covers its bytes (a directory: every file, by name).
+    ``error``: the export failed and the run was kept; ``pruned``: removed after the sweep,
+    and why (``--save-models best`` keeps the best run per model only)."""
+
+    format: str
+    path: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    export_s: float | None = None
+    error: str | None = None
+    pruned: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None and self.error is None and self.pruned is None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Artefacts(Serial):
     """Files of a run, relative to the results directory."""
 
     log: str | None = None
     predictions: str | None = None
+    model: ModelArtefact | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
 

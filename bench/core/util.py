@@ -42,3 +42,24 @@ def did_you_mean(name: str, choices) -> str:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """sha256 and size in bytes of a file, or of a directory (a saved model may be one): the
+    hash of every file's relative name and sha256, in name order."""
+    path = Path(path)
+    if not path.is_dir():
+        return _sha256_of_file(path), path.stat().st_size
+    total, size = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        total.update(f"{f.relative_to(path).as_posix()}\0{_sha256_of_file(f)}\n".encode())
+        size += f.stat().st_size
+    return total.hexdigest(), size
