@@ -25,13 +25,13 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
 
     import torch
     from ase import Atoms
@@ -73,6 +73,7 @@ class Adapter(abc.ABC):
 
     family: ClassVar[str]
     default_checkpoint: ClassVar[str]
+    export_format: ClassVar[str]  # what ``export`` writes (``bench.core.contract.ModelArtefact``)
     library_modules: ClassVar[tuple[str, ...]] = ()  # imported once by the worker's fork server
     predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU
     # False where the library keeps E0 in buffers (MACE, M3GNet): then `--e0 train` is refused.
@@ -254,8 +255,34 @@ class Adapter(abc.ABC):
             labelled.append(copy)
         return labelled
 
-    def save(self, path: Path) -> Path:
-        import torch
+    # -- the trained model outside ftbench -------------------------------------------------
+    def export(self, folder: Path) -> Path:
+        """Save the model in its library's own format under ``folder`` (created); returns the
+        file (matgl: the directory) that the library's loader reads. The trained weights, the
+        refit reference energies and merged LoRA updates all live in the model's state, so
+        the file carries them. A model still holding LoRA adapters is refused: the libraries'
+        loaders cannot read them (``adapters.lora.merge`` first)."""
+        from adapters.lora import parametrized
 
-        torch.save(self.model_.state_dict(), path)
-        return path
+        left = parametrized(self.model_)
+        if left:
+            raise ValueError(f"{self.family}: {len(left)} module(s) still carry LoRA adapters (e.g. {left[0]}); "
+                             "merge them (adapters.lora.merge) before exporting")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return self._export(folder)
+
+    @abc.abstractmethod
+    def _export(self, folder: Path) -> Path:
+        """Write the library's native file(s) into ``folder``; return what its loader reads."""
+
+    @classmethod
+    @abc.abstractmethod
+    def exported_calculator(cls, path: Path, device: str = "cpu") -> Any:
+        """The library's own ASE calculator on a file ``export`` wrote, loaded by the library's
+        own loader: what a user of the file does (MD jobs run on it)."""
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict:
+    """Detached CPU copies of a model's state: what the libraries' checkpoints hold."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adapters.base import Adapter, CheckpointUnavailable
+from adapters.base import Adapter, CheckpointUnavailable, cpu_state_dict
 from bench.core.metrics import EV_PER_A3_TO_GPA
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ PRETRAINED = ("0.3.0", "0.2.0", "r2scan")
 class CHGNetAdapter(Adapter):
     family = "chgnet"
     default_checkpoint = "0.3.0"
+    export_format = "chgnet-file"
     library_modules = ("chgnet.model", "chgnet.model.dynamics", "pymatgen.core")
     # CHGNet keeps the double-backward graph (~0.5 GB per 54-atom cell): small batches are
     # both faster and lighter for inference (measured: batch 2 1.3 s, batch 4 2.3 s / 8 cells).
@@ -91,6 +92,22 @@ class CHGNetAdapter(Adapter):
         if stress:
             result["stress"] = torch.stack(out["s"]).reshape(-1, 3, 3) / EV_PER_A3_TO_GPA
         return result
+
+    def _export(self, folder: Path) -> Path:
+        """``{"model": CHGNet.as_dict()}``, what ``CHGNet.from_file`` reads (chgnet's trainer
+        adds optimizer state). The refit references are ``composition_model.fc.weight``, a
+        parameter, so they are in the state dict; ``model_args`` rebuilds the architecture."""
+        path = folder / "chgnet.pth.tar"
+        torch.save({"model": {"state_dict": cpu_state_dict(self.model_),
+                              "model_args": copy.deepcopy(self.model_.model_args)}}, path)
+        return path
+
+    @classmethod
+    def exported_calculator(cls, path: Path, device: str = "cpu"):
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(model=CHGNet.from_file(str(path)), use_device=device)
 
     def reference_energies(self) -> dict[int, float]:
         weight = self.model_.composition_model.fc.weight.detach()[0]

@@ -66,3 +66,9 @@ def merge(model: nn.Module) -> int:
             module.weight.requires_grad_(False)
             merged += 1
     return merged
+
+
+def parametrized(model: nn.Module) -> list[str]:
+    """Names of the modules still carrying a parametrization (LoRA adapters not merged):
+    a model in that state is ftbench's, not its library's, and cannot be saved natively."""
+    return [name for name, module in model.named_modules() if parametrize.is_parametrized(module)]

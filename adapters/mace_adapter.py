@@ -100,6 +100,7 @@ def default_mp_model(size: str = "small") -> torch.nn.Module:
 class MACEAdapter(Adapter):
     family = "mace"
     default_checkpoint = "mace-mp-0-small"
+    export_format = "mace-model"
     library_modules = ("mace.modules", "mace.data", "mace.tools.torch_geometric", "mace.calculators", "e3nn.o3")
     # MACE-MP-0-small-shaped model, 54-atom Mo cells, 1 thread, CPU s/cell: batch 1 0.22-0.26,
     # 2 0.21-0.26, 4 0.27-0.41, 8 0.36-0.41 (bigger batches are slower).
@@ -215,6 +216,27 @@ class MACEAdapter(Adapter):
         if stress:
             result["stress"] = out["stress"]  # 1/V dE/dε already (ASE sign), eV/Å³
         return result
+
+    # -- the trained model outside ftbench ------------------------------------------------
+    def _export(self, folder: Path) -> Path:
+        """mace's own ``.model`` format: the whole ScaleShiftMACE pickled (what mace's training
+        writes), float32 on the CPU. E0 (``atomic_energies_fn``) and ``scale_shift`` are
+        buffers of the module, so refit references travel inside; ``requires_grad`` is reset
+        everywhere, as in mace's files, so ftbench's freezing does not leak into the file.
+        ``mace_create_lammps_model`` converts it for LAMMPS."""
+        model = copy.deepcopy(self.model_).cpu().float()
+        model.train(False)
+        for param in model.parameters():
+            param.requires_grad_(True)
+        path = folder / "mace.model"
+        torch.save(model, path)
+        return path
+
+    @classmethod
+    def exported_calculator(cls, path: Path, device: str = "cpu"):
+        from mace.calculators import MACECalculator
+
+        return MACECalculator(model_paths=str(path), device=device, default_dtype="float32")
 
     # -- reference energies ---------------------------------------------------------------
     def _e0(self) -> torch.Tensor:

@@ -27,7 +27,7 @@ from unittest import mock
 
 import torch
 
-from adapters.base import Adapter, CheckpointUnavailable
+from adapters.base import Adapter, CheckpointUnavailable, cpu_state_dict
 from adapters.offline import reachable
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def _download_if_online(download):
 class SevenNetAdapter(Adapter):
     family = "sevennet"
     default_checkpoint = "7net-0"
+    export_format = "sevenn-checkpoint"
     library_modules = ("sevenn.util", "sevenn.model_build", "sevenn.atom_graph_data", "sevenn.calculator",
                        "sevenn.train.dataload")
     # e3nn work grows with the edges and bigger batches only add memory traffic on CPU.
@@ -146,6 +147,38 @@ class SevenNetAdapter(Adapter):
             result["stress"] = torch.stack(
                 [xx, xy, zx, xy, yy, yz, zx, yz, zz], dim=-1).reshape(-1, 3, 3)
         return result
+
+    def _export(self, folder: Path) -> Path:
+        """A sevenn checkpoint (what sevenn's trainer writes, without optimizer state): the
+        starting checkpoint's config, rewritten where the model changed, and the live state
+        dict. The config's ``version`` must be the running sevenn's: the foundation 7net-0
+        says 0.9.1, and sevenn would then rename and re-sort an already current state dict
+        while loading (silently wrong: 0.15 eV/atom, measured). ``shift``/``scale`` are
+        rewritten from the model's per-species rescale (lists by atomic number), so the
+        config tells the truth (the state dict would win anyway). ``sevenn_get_model``
+        deploys it for LAMMPS."""
+        import datetime
+        import uuid
+
+        import sevenn
+        from sevenn import util
+        from sevenn.nn.scale import get_resolved_shift_scale
+
+        config = util.load_checkpoint(self._checkpoint_path()).config  # a copy, patched to today's layout
+        config["version"] = sevenn.__version__
+        shift, scale = get_resolved_shift_scale(self.model_.get_submodule(REFERENCE_MODULE), self.model_.type_map)
+        config["shift"], config["scale"] = [float(x) for x in shift], [float(x) for x in scale]
+        path = folder / "sevennet.pth"
+        torch.save({"config": config, "model_state_dict": cpu_state_dict(self.model_),
+                    "optimizer_state_dict": None, "scheduler_state_dict": None, "epoch": 0,
+                    "time": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "hash": uuid.uuid4().hex}, path)
+        return path
+
+    @classmethod
+    def exported_calculator(cls, path: Path, device: str = "cpu"):
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator(str(path), device=device)
 
     def reference_energies(self) -> dict[int, float]:
         shift = self.model_.get_submodule(REFERENCE_MODULE).shift.detach()

@@ -12,17 +12,24 @@ the model (witness); trainable parameters shrink strictly with the freeze level;
 keeps frozen blocks bit-identical, changes the readout and improves the forces; the E0
 refit solves its normal equation; scratch shares the architecture; seeds reproduce; LoRA
 trains only its adapters and merges back exactly; soft-freeze gives each block kind its LR;
-``label`` copies frames with the model's predictions.
+``label`` copies frames with the model's predictions; a fine-tuned model exported in the
+library's native format reloads with the library's own loader in a fresh process and
+predicts what the adapter predicted.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase import units
+from torch.nn.utils import parametrize
 
 from adapters import lora
 from adapters.training import TrainConfig, refit_reference_energies, train
@@ -41,6 +48,35 @@ def forces_rmse(adapter, frames) -> float:
     pred = adapter.predict(frames)
     ref = np.concatenate([a.calc.results["forces"] for a in frames])
     return float(np.sqrt(np.mean((pred.forces - ref) ** 2)))
+
+
+# |Δ| allowed between the reloaded export and the adapter: energy per atom (eV), forces (eV/Å),
+# stress (eV/Å³, ~1.6 MPa); measured differences are float32 summation order, <= 2.3e-6 eV/atom
+EXPORT_ATOL = (1e-4, 1e-3, 1e-5)
+RELOAD_SCRIPT = Path(__file__).with_name("native_reload.py")
+
+
+def fresh_reload(family: str, path: Path, frames, work: Path) -> dict[str, np.ndarray]:
+    """Energy, forces and stress of ``frames`` from the library's own calculator on the
+    exported ``path``, computed in a new process of this environment's python that cannot
+    import ftbench (``native_reload.py``; no PYTHONPATH, cwd outside the project)."""
+    from ase.io import write
+
+    bare = [a.copy() for a in frames]  # positions, cell and numbers only
+    write(work / "frames.extxyz", bare, format="extxyz")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(RELOAD_SCRIPT), family, str(path), str(work / "frames.extxyz"),
+                           str(work / "reloaded.npz")], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(work / "reloaded.npz"))
+
+
+def console_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """One of the library's command-line tools from this environment, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(Path(sys.executable).parent / name), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
 
 
 def count_weighted_residual(adapter, frames) -> float:
@@ -64,6 +100,8 @@ class AdapterContract:
     # forces-only emphasis (energy weight 1): the check is that training moves the forces
     train_config: TrainConfig = TrainConfig(epochs=4, lr=2e-3, batch_size=4, energy_weight=1.0)
     improvement: float = 1.0
+    # the export test's LoRA update: each adapted matrix moved by this fraction of its own scale
+    export_lora_scale: float = 0.05
 
     def test_blocks_match_the_registry_and_cover_every_parameter(self, foundation):
         blocks = foundation.blocks()  # raises if a parameter belongs to no block
@@ -230,6 +268,62 @@ class AdapterContract:
         loss.backward()
         adapter.model_.train(False)
         assert all(math.isfinite(v) for v in training_evaluate(adapter, batch, TrainConfig(), True).values())
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def exported(cls, make, mo, tmp_path_factory):
+        """A short fine-tune that changes everything an export must carry: the E0 refit,
+        trained weights (embedding frozen) and a LoRA update merged back; then the native
+        export. Returns the path, the adapter's predictions on an AIMD, a vacancy and a surface
+        test cell, and how far the refit, the training and the LoRA update moved them. (The
+        LoRA factors B are drawn, not trained: training restores its best epoch, which may be
+        the start, B = 0, and this test is about the merged weights reaching the file.)"""
+        ds, small = mo
+        frames = [next(a for a in ds.test if a.info["group"] == g) for g in ("AIMD-NVT", "Vacancy", "Surface")]
+        adapter = make(seed=0).freeze(1)
+        foundation = adapter.predict(frames)
+        e0 = adapter.reference_energies()[42]
+        refit_reference_energies(adapter, small[:5])
+        e0_shift = adapter.reference_energies()[42] - e0
+        train(adapter, small[:5], small[5:7], TrainConfig(epochs=1, batch_size=2, lr=2e-3))
+        trained = adapter.predict(frames)
+        lora.inject(adapter.model_, adapter.block_prefixes("interaction", "readout"), rank=4, alpha=8)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for module in adapter.model_.modules():
+                if parametrize.is_parametrized(module, "weight"):
+                    delta, weight = module.parametrizations["weight"][0], module.parametrizations["weight"].original
+                    b = torch.randn(delta.lora_b.shape, generator=gen)
+                    step = (delta.scale * b @ delta.lora_a).std()
+                    delta.lora_b.copy_(b * cls.export_lora_scale * weight.std() / step)
+        lora.merge(adapter.model_)
+        pred = adapter.predict(frames)
+        path = adapter.export(tmp_path_factory.mktemp(f"{cls.family}-export"))
+        return {"path": path, "frames": frames, "pred": pred, "e0_shift": e0_shift,
+                "weights_df": np.abs(trained.forces - foundation.forces).max(),
+                "lora_df": np.abs(pred.forces - trained.forces).max()}
+
+    def test_export_reloads_natively_in_a_fresh_process_and_agrees(self, exported, tmp_path):
+        """The library's own loader and calculator, in a process without ftbench, predict what
+        the adapter predicted (energy <= 1e-4 eV/atom, forces <= 1e-3 eV/Å, stress <= 1e-5
+        eV/Å³). The refit E0 moved every energy, and the training and the merged LoRA update
+        each moved the forces, by at least 10x those limits: an export that dropped any of
+        them would fail."""
+        got, pred = fresh_reload(self.family, exported["path"], exported["frames"], tmp_path), exported["pred"]
+        e_tol, f_tol, s_tol = EXPORT_ATOL
+        np.testing.assert_allclose(got["energy"] / pred.n_atoms, pred.energy / pred.n_atoms, rtol=0, atol=e_tol)
+        np.testing.assert_allclose(got["forces"], pred.forces, rtol=0, atol=f_tol)
+        np.testing.assert_allclose(got["stress"], pred.stress, rtol=0, atol=s_tol)
+        assert abs(exported["e0_shift"]) > 10 * e_tol  # per atom: the whole test set is Mo
+        assert exported["weights_df"] > 10 * f_tol and exported["lora_df"] > 10 * f_tol, \
+            (exported["weights_df"], exported["lora_df"])
+
+    def test_export_refuses_a_model_with_unmerged_lora(self, make, tmp_path):
+        adapter = make()
+        lora.inject(adapter.model_, adapter.block_prefixes("interaction", "readout"), rank=2, alpha=4)
+        with pytest.raises(ValueError, match="still carry LoRA adapters"):
+            adapter.export(tmp_path)
+        assert not list(tmp_path.iterdir())
 
     def test_label_copies_frames_with_the_model_predictions(self, foundation, mo):
         frames = mo[1][:3]

@@ -49,6 +49,28 @@ class TestM3GNetContract(AdapterContract, HotPathBenchmarks):
     train_config = TrainConfig(epochs=8, lr=2e-3, batch_size=4, energy_weight=1.0)
     improvement = 0.95
 
+    def test_export_keeps_the_references_of_a_foundation_saved_without_them(self, foundation, mo, tmp_path):
+        """matgl rebuilds a saved Potential from its constructor arguments, then loads the
+        state non-strictly: a foundation saved with element_refs=None (the adapter attaches
+        references to it) must export them in those arguments, or matgl.load_model drops the
+        refit E0 with only a log line (measured: 4.6 eV/atom)."""
+        import matgl
+        from matgl.apps.pes import Potential
+        from matgl.ext.ase import PESCalculator
+
+        pot = foundation.model_
+        Potential(model=pot.model, data_mean=pot.data_mean, data_std=pot.data_std, element_refs=None,
+                  calc_stresses=True).save(tmp_path / "bare")
+        adapter = M3GNetAdapter(str(tmp_path / "bare")).load()
+        assert adapter.reference_energies()[42] == 0.0  # attached by the adapter, not saved
+        e0 = refit_reference_energies(adapter, mo[1][:5])[42]
+        reloaded = matgl.load_model(adapter.export(tmp_path / "export"))
+        index = list(reloaded.model.element_types).index("Mo")
+        assert float(reloaded.element_refs.property_offset[index]) == pytest.approx(e0, abs=1e-6)
+        frame = mo[0].test[0].copy()
+        frame.calc = PESCalculator(reloaded, stress_unit="eV/A3")
+        assert frame.get_potential_energy() == pytest.approx(adapter.predict([frame]).energy[0], abs=1e-4 * len(frame))
+
     def test_m3gnet_blocks_and_buffer_references(self, foundation):
         blocks = foundation.blocks()
         assert [b.name for b in blocks] == ["embedding", "interaction-0", "interaction-1",

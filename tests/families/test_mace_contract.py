@@ -27,7 +27,7 @@ from adapters.mace_adapter import MACE_FREEZE_TO_K, MP_ELEMENTS, MACEAdapter, ca
 from adapters.training import TrainConfig
 from bench.registry import get_model
 from tests.families import mace_standin
-from tests.families.contract import AdapterContract, HotPathBenchmarks
+from tests.families.contract import AdapterContract, HotPathBenchmarks, console_script
 
 torch.set_num_threads(1)
 pytestmark = [  # library noise: e3nn's TorchScript, and the env var `import mace` sets
@@ -68,6 +68,17 @@ class TestMACEContract(AdapterContract, HotPathBenchmarks):
     calculator_atol = (1e-5, 1e-5, 1e-7)
     stress_witness = ()  # the small stand-in is no witness; see the strain-derivative test
     train_config = TrainConfig(epochs=6, lr=1e-2, batch_size=4, energy_weight=1.0)
+    export_lora_scale = 0.3  # the stand-in's forces are small (~0.1 eV/Å): 5 % moves them by only ~3 meV/Å
+
+    def test_exported_model_converts_for_lammps(self, exported, tmp_path):
+        """mace's own LAMMPS conversion accepts the export on the CPU and writes a TorchScript
+        model of the same element and cutoff."""
+        model = tmp_path / "mace.model"
+        shutil.copy(exported["path"], model)
+        proc = console_script("mace_create_lammps_model", str(model), "--dtype", "float32", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lammps = torch.jit.load(str(tmp_path / "mace.model-lammps.pt"))
+        assert [int(z) for z in lammps.atomic_numbers] == [42] and float(lammps.r_max) == 5.0
 
     def test_mace_blocks_and_buffer_references(self, foundation, make):
         assert [b.name for b in foundation.blocks()] == BLOCK_NAMES

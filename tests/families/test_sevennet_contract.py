@@ -15,7 +15,7 @@ import torch
 from adapters.base import CheckpointUnavailable
 from adapters.sevennet_adapter import SevenNetAdapter
 from adapters.training import TrainConfig, refit_reference_energies
-from tests.families.contract import AdapterContract, HotPathBenchmarks
+from tests.families.contract import AdapterContract, HotPathBenchmarks, console_script
 
 torch.set_num_threads(1)
 
@@ -37,6 +37,34 @@ class TestSevenNetContract(AdapterContract, HotPathBenchmarks):
     train_slice, val_slice = slice(0, 7), slice(7, 9)
     train_config = TrainConfig(epochs=5, lr=5e-3, batch_size=2, stress_weight=0.0, energy_weight=1.0)
     improvement = 0.95
+
+    def test_exported_checkpoint_deploys_for_lammps(self, exported, tmp_path):
+        """sevenn's deploy command accepts the export and writes a TorchScript model for
+        LAMMPS' e3gnn pair style, stamped with the running sevenn and the model's cutoff."""
+        import sevenn
+
+        proc = console_script("sevenn_get_model", str(exported["path"]), "-o", "deployed", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        extra = {"cutoff": "", "version": "", "chemical_symbols_to_index": ""}
+        torch.jit.load(str(tmp_path / "deployed.pt"), _extra_files=extra)
+        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
+        assert float(text["cutoff"]) == 5.0 and text["version"] == sevenn.__version__
+        assert "Mo" in text["chemical_symbols_to_index"].split()
+
+    def test_exported_config_names_the_running_sevenn_and_the_live_rescale(self, make, mo, tmp_path):
+        """The checkpoint's config carries the running sevenn's version (with 7net-0's 0.9.1,
+        sevenn re-sorts current weights while loading: 0.15 eV/atom off, measured) and the
+        refit per-species shift, as sevenn indexes it: by atomic number."""
+        import sevenn
+
+        adapter = make()
+        e0 = refit_reference_energies(adapter, mo[1][:5])[42]
+        checkpoint = torch.load(adapter.export(tmp_path), weights_only=False)
+        assert checkpoint["config"]["version"] == sevenn.__version__ != "0.9.1"
+        assert checkpoint["config"]["shift"][42] == pytest.approx(e0, abs=1e-6)
+        state = checkpoint["model_state_dict"]
+        assert state["rescale_atomic_energy.shift"][adapter.model_.type_map[42]] == pytest.approx(e0, abs=1e-6)
+        assert not any("parametrizations" in k or "lora_" in k for k in state)
 
     def test_sevennet_blocks_and_fixed_denominators(self, make):
         adapter = make()
