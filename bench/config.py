@@ -36,6 +36,21 @@ SURROGATE_DEFAULTS = {
     "student_epochs": 30, "student_lr": 3e-3, "speed_structures": 8,
 }
 
+# MD stability of saved models (adapters/md.py; per dataset: `[<dataset>.md]` in the catalog
+# gives the high temperature, the starting cell's group and the time step). A preset's [md]
+# table overrides these; the criteria say what counts as blowing up or drifting.
+MD_DEFAULTS = {
+    "langevin_ps": 1.0, "nve_ps": 0.5, "friction_per_fs": 0.01,
+    "criteria": {
+        "min_distance_fraction": 0.6,  # collapse: a pair closer than this x the closest pair in the DFT data
+        "max_temperature_factor": 3.0,  # runaway: the instantaneous temperature above this x the target
+        "max_drift_mev_per_atom_per_ps": 5.0,  # NVE total-energy drift beyond this: "drifts"
+    },
+    # dimer distances from r_min to r_max x that closest pair, in a periodic box of box_ang
+    "dimer": {"r_min_fraction": 0.4, "r_max_fraction": 2.0, "points": 33, "box_ang": 20.0},
+}
+SAVE_MODELS = ("none", "best", "all")  # also the choices of `md` (MD on no, the best or every saved model)
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -79,6 +94,9 @@ class SweepConfig:
     forgetting_size: int = 6  # held-out structures of replay_dataset the forgetting is measured on
     surrogate: dict = field(default_factory=dict)  # teacher -> student distillation job (see SURROGATE_DEFAULTS)
     headline: dict = field(default_factory=dict)  # tolerances for bench.headline
+    save_models: str = "none"  # native files of trained models: none | best (per model, by validation F) | all
+    md: str = "none"  # MD stability of saved models: none | best (per model) | all
+    md_settings: dict = field(default_factory=lambda: _md_settings({}, "defaults"))
     executor: str = "local"  # local | pool | slurm | submitit-local (bench/executors.py)
     workers: int = 2  # parallel worker slots of the pool (and of submitit-local)
     slurm: dict = field(default_factory=dict)  # partition, time_min, gpus_per_node, cpus_per_task, ...
@@ -114,6 +132,8 @@ class SweepConfig:
             sweep["surrogate"] = _surrogate_settings(data.get("surrogate") or sweep["surrogate"], preset)
         if "lr_factors" in sweep:
             sweep["lr_factors"] = {**DEFAULT_LR_FACTORS, **sweep["lr_factors"]}
+        if "md" in data:
+            sweep["md_settings"] = _md_settings(data["md"], preset)
         return cls(preset=preset, headline=data.get("headline", {}), slurm=slurm, **sweep).override(**given)
 
     @property
@@ -153,6 +173,11 @@ class SweepConfig:
         replaying = [n for n in self.strategies if strategies.is_known(n) and strategies.definition(n).replay]
         if replaying and not self.replay_dataset:
             raise ValueError(f"strategy {replaying[0]} needs replay_dataset (structures of another domain)")
+        for name in ("save_models", "md"):
+            if getattr(self, name) not in SAVE_MODELS:
+                raise ValueError(f"{name}={getattr(self, name)!r}: use {', '.join(SAVE_MODELS)}")
+        if self.md != "none" and self.save_models == "none":
+            raise ValueError(f"md={self.md}: MD runs on saved models; use --save-models best or all with it")
         if self.properties not in ("all", "largest", "none"):
             raise ValueError(f"properties={self.properties!r}: use all, largest or none")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
@@ -196,6 +221,18 @@ def _surrogate_settings(given: dict, preset: str) -> dict:
         raise ValueError(f"preset {preset}: unknown [surrogate] setting(s) {unknown}."
                          f"{did_you_mean(unknown[0], SURROGATE_DEFAULTS)}")
     return {**SURROGATE_DEFAULTS, **given}
+
+
+def _md_settings(given: dict, preset: str) -> dict:
+    """A preset's [md] table over MD_DEFAULTS (criteria and dimer merged key by key);
+    unknown keys are refused."""
+    unknown = sorted(set(given) - set(MD_DEFAULTS)) + sorted(
+        f"{table}.{k}" for table in ("criteria", "dimer") for k in set(given.get(table, {})) - set(MD_DEFAULTS[table]))
+    if unknown:
+        raise ValueError(f"preset {preset}: unknown [md] setting(s) {unknown}."
+                         f"{did_you_mean(unknown[0], [*MD_DEFAULTS, *MD_DEFAULTS['criteria'], *MD_DEFAULTS['dimer']])}")
+    return {**MD_DEFAULTS, **given, **{table: {**MD_DEFAULTS[table], **given.get(table, {})}
+                                       for table in ("criteria", "dimer")}}
 
 
 def preset_names() -> list[str]:

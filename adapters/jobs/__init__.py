@@ -1,8 +1,8 @@
 """Job recipes, one module per run kind, run by ``adapters.worker`` inside a family's
-environment: ``train`` (a learning-curve point), ``perf`` (the timing job) and
-``surrogate`` (distillation). Each takes the typed ``Job`` and a progress callback and
-returns a ``Result``; they share ``prepare`` (load a model and adapt it to a strategy's
-flags) and ``common`` (frames, labels, predictions).
+environment: ``train`` (a learning-curve point), ``perf`` (the timing job), ``surrogate``
+(distillation) and ``md`` (MD stability of a saved model). Each takes the typed ``Job`` and
+a progress callback and returns a ``Result``; they share ``prepare`` (load a model and
+adapt it to a strategy's flags) and ``common`` (frames, labels, predictions).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
     from bench.core.contract import Job, Result
 
-RECIPES = {"train": "adapters.jobs.train", "perf": "adapters.jobs.timing", "surrogate": "adapters.jobs.surrogate"}
+RECIPES = {"train": "adapters.jobs.train", "perf": "adapters.jobs.timing", "surrogate": "adapters.jobs.surrogate",
+           "md": "adapters.jobs.md"}
 
 
 def recipe(kind: str) -> Callable[[Job, Callable[[dict], None]], Result]:

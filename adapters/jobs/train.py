@@ -4,13 +4,15 @@ Load the model the strategy starts from, adapt it (freeze, LoRA, E0 policy), tra
 the shared loop on the training subset (plus replayed structures of another domain, which
 the foundation labels), merge LoRA back, then evaluate it on the test set (predictions
 saved beside the record), and where asked measure forgetting on the other domain and the
-catalog's physical properties.
+catalog's physical properties, and save the model in its library's own format.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +22,7 @@ from adapters.jobs.common import JobFrames, energy_and_forces, predictions, read
 from adapters.training import Diverged, e0_shift, train
 from bench.core.contract import Result
 from bench.core.metrics import error_metrics
-from bench.core.util import peak_rss_mb
+from bench.core.util import file_sha256, peak_rss_mb
 from datasets.labels import has_stress, label_arrays
 
 if TYPE_CHECKING:
@@ -123,8 +125,26 @@ def run(job: Job, progress: Callable[[dict], None]) -> Result:
         timing["properties_s"] = time.perf_counter() - t0
     if job.derived:
         fields["derived"] = _e0_refits(job, adapter, frames, pred, ref, groups)
+    if job.save_model_to:
+        fields["model"] = _save(adapter, Path(job.save_model_to))
     timing["peak_rss_mb"] = peak_rss_mb()
     return Result.from_dict({"status": "ok", **fields, "parameters": parameters, "timing": timing})
+
+
+def _save(adapter, folder: Path) -> dict:
+    """The trained model in its library's own format (``Adapter.export``), with its sha256
+    and size; a failed export is recorded and the run kept (its metrics stand). The folder
+    starts empty: a run trained again replaces its earlier file."""
+    t0 = time.perf_counter()
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        path = adapter.export(folder)
+        sha256, size = file_sha256(path)
+    except Exception as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        return {"format": adapter.export_format, "error": f"{type(exc).__name__}: {exc}"}
+    return {"format": adapter.export_format, "path": str(path), "sha256": sha256, "bytes": size,
+            "export_s": time.perf_counter() - t0}
 
 
 def _e0_refits(job: Job, adapter, frames: JobFrames, test_pred: dict, test_ref: dict, groups: list[str]) -> dict:
