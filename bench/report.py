@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from bench import figures, lr_grid, targets
 from bench import headline as hl
 from bench.core.contract import Environment, Provenance, Record, SurrogateSpec, TrainSpec
 from bench.registry import MODELS
+from bench.sections import Section
+from bench.sections import fmt as _fmt
 from bench.store import Store
 from bench.summary import published, summarise
 
@@ -32,12 +32,6 @@ HEADLINE_SETTINGS = "headline.json"
 
 MAX_GROUPS = 20  # per-group rows per run group (OC20 has hundreds of trajectories)
 MAX_ROWS = 60  # rows per property, forgetting and surrogate table (the rest are in the records)
-
-
-def _fmt(x, digits=1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:,.{digits}f}"
 
 
 def _ms(stat: hl.Stat | None, digits=1, scale=1.0) -> str:
@@ -63,27 +57,6 @@ def _model(key) -> str:
 def _rm(point: hl.Point, rmse: str, digits: int = 1) -> str:
     """RMSE (mean ± std over seeds) / MAE (mean) of a point."""
     return f"{_ms(point.stat(rmse), digits)} / {_fmt(point.mean(rmse.replace('_rmse_', '_mae_')), digits)}"
-
-
-class Section:
-    """A titled sequence of paragraphs, tables and figures, rendered in order; ``folded``
-    sections (wide tables) are collapsed in the HTML report until opened."""
-
-    def __init__(self, title: str, text: str = "", *, folded: bool = False):
-        self.title, self.folded = title, folded
-        self.parts: list[tuple[str, object]] = []
-        if text:
-            self.text(text)
-
-    def text(self, text: str) -> None:
-        self.parts.append(("text", text))
-
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
-        self.parts.append(("table", (header, rows)))
-
-    def figure(self, name: str, png: bytes | None) -> None:
-        if png:
-            self.parts.append(("figure", (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".png", png)))
 
 
 def _headline_section(h: hl.Headline, labels: dict) -> Section:
