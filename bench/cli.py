@@ -1,13 +1,15 @@
-"""Command line: ``python -m bench {run,list,report,compare}``.
+"""Command line: ``python -m bench {run,list,report,compare,export}``.
 
 Examples:
     python -m bench run --models all                      # embedded default (preset quick, CPU)
     python -m bench run --preset paper --executor pool --workers 4
     python -m bench run --models chgnet --sizes 10,50,100 --seeds 0,1 --epochs 20
     python -m bench run --models chgnet --strategies zero-shot,freeze-3 --dataset data.xyz
+    python -m bench run --models m3gnet --save-models best --md best
     python -m bench list models
     python -m bench report reports/quick
     python -m bench compare reports/baselines/regression reports/regression
+    python -m bench export reports/quick best --to models/
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import PRESET_DIR, SweepConfig, load_preset, preset_names
+from bench.config import PRESET_DIR, SAVE_MODELS, SweepConfig, load_preset, preset_names
 from bench.core import strategies
 from bench.core.contract import E0_POLICIES
 from bench.core.strategies import DEFAULT_STRATEGIES
@@ -77,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="another domain: forgetting is measured on its test set, strategy replay mixes in its pool")
     run.add_argument("--replay-fraction", type=float, dest="replay_fraction",
                      help="replay structures per training structure (default 0.5)")
+    run.add_argument("--save-models", dest="save_models", choices=SAVE_MODELS,
+                     help="save trained models in their library's own format under OUT/models: none, best (per "
+                     "model, by validation force RMSE; the others are removed when the sweep ends) or all")
+    run.add_argument("--md", choices=SAVE_MODELS,
+                     help="MD stability (Langevin at 300 K and the dataset's high temperature, then NVE; dimer "
+                     "curves) of no, the best or every saved model")
     run.add_argument("--executor", choices=EXECUTORS,
                      help="local (sequential), pool (--workers N on this machine; quick's default), slurm "
                      "(submitit job array) or submitit-local (the same jobs as local processes)")
@@ -108,7 +116,25 @@ def _parser() -> argparse.ArgumentParser:
                      help="runs missing in the candidate only warn")
     cmp.add_argument("--config", type=Path, help="TOML file of compare settings ([compare] table)")
     cmp.add_argument("--json", type=Path, help="also write the full comparison as JSON here")
+    exp = sub.add_parser("export", help="copy saved models (native format) out of a results directory")
+    exp.add_argument("results", type=Path, help="results directory with records/ and models/")
+    exp.add_argument("which", help="a run id (or a unique prefix of one), or 'best': the best run of each model "
+                     "by validation force RMSE")
+    exp.add_argument("--to", type=Path, help="destination folder (default RESULTS/export)")
     return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Copy the models; exit 1 when a chosen run has no usable model (it says why and how)."""
+    from bench.saved import LOADERS, export
+
+    copies, problems = export(args.results, args.which, args.to)
+    for path, about in copies:
+        print(f"{path}  ({about['run']}; {about['format']}, {about['bytes']:,} bytes, sha256 {about['sha256'][:12]})")
+        print(f"    load: {LOADERS.get(about['format'], '?').replace('PATH', str(path))}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_list(what: str) -> int:
@@ -173,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             from bench.compare import cmd_compare
 
             return cmd_compare(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "report":
             from bench.report import write_report
 

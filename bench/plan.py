@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,9 @@ class PlannedRun:
     val_idx: tuple[int, ...] = ()
     replay_idx: tuple[int, ...] = ()  # structures of the other domain's pool mixed into training
     derived: tuple[Derived, ...] = ()  # runs this one's predictions answer (zero-shot-e0 on a zero-shot run)
+    save_model: bool = False  # export the trained model natively (bench.saved)
+    require_model: bool = False  # a stored record without its saved model is not reused: run it again
+    model_file: Path | None = None  # an MD run: the saved model it loads
 
     @property
     def label(self) -> str:
@@ -251,6 +255,14 @@ def make_plan(cfg: SweepConfig, chosen_lr: dict | None = None) -> Plan:
         get_model(cfg.surrogate["model"])
     waiting: list[str] = []
     notes: list[str] = []
-    runs = [run for d in datasets.values()
+    runs = [_saving(cfg, run) for d in datasets.values()
             for run in _dataset_runs(cfg, models, d, other, chosen_lr or {}, waiting, notes)]
     return Plan(cfg, datasets, runs, other, waiting, list(dict.fromkeys(notes)))
+
+
+def _saving(cfg: SweepConfig, run: PlannedRun) -> PlannedRun:
+    """Trained runs save their model unless ``save_models`` is none; ``all`` also needs it of
+    stored runs (``best`` asks for the best runs' models once the sweep has chosen them)."""
+    if cfg.save_models == "none" or not (isinstance(run.spec, TrainSpec) and run.spec.trains):
+        return run
+    return dataclasses.replace(run, save_model=True, require_model=cfg.save_models == "all")

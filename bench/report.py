@@ -4,8 +4,9 @@
 
 Runs that differ only in seed are aggregated (mean ± std). The headline numbers come from
 ``bench.headline`` and the plots from ``bench.figures``. Where records carry them, physical
-properties (``properties``), forgetting (``forgetting``) and surrogate distillation jobs
-(spec kind ``surrogate``) get sections of their own; surrogate jobs stay out of every other
+properties (``properties``), saved models and their MD stability (``artefacts.model``, spec
+kind ``md``), forgetting (``forgetting``) and surrogate distillation jobs (spec kind
+``surrogate``) get sections of their own; surrogate jobs stay out of every other
 table but the failures. Failed, skipped and diverged runs are listed with their reasons,
 never dropped. Plots are PNGs embedded in the HTML (it opens
 offline, no scripts) and written beside the Markdown.
@@ -23,6 +24,7 @@ from bench import figures, lr_grid, targets
 from bench import headline as hl
 from bench.core.contract import Environment, Provenance, Record, SurrogateSpec, TrainSpec
 from bench.registry import MODELS
+from bench.saved_report import saved_models_section
 from bench.sections import Section
 from bench.sections import fmt as _fmt
 from bench.store import Store
@@ -505,7 +507,7 @@ def build_sections(records: list[Record], root: Path | None = None, headline: di
     curves = hl.curves(records)
     labels = hl.strategy_labels(curves)
     jobs = [f"{kinds[k]} {name}{'s' if kinds[k] > 1 else ''}" for k, name in
-            (("perf", "timing job"), ("surrogate", "surrogate job")) if kinds[k]]
+            (("perf", "timing job"), ("surrogate", "surrogate job"), ("md", "MD job")) if kinds[k]]
     intro = Section("Summary", f"{len(records)} stored runs: " +
                     ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
                     (f" ({', '.join(jobs)})" if jobs else "") +
@@ -525,8 +527,8 @@ def build_sections(records: list[Record], root: Path | None = None, headline: di
                    "weights, so they must agree. On a CPU inference is compute-bound and batching gains "
                    "little; the ratio grows on a GPU.")
     perf.table(*targets.target_rows(records, targets.read_sweeps(root) if root else []))
-    extra = [_properties_section(curves, labels), _forgetting_section(curves, labels), _surrogate_section(records),
-             _lr_grid_section(records)]
+    extra = [_properties_section(curves, labels), saved_models_section(records), _forgetting_section(curves, labels),
+             _surrogate_section(records), _lr_grid_section(records)]
     lc, cross, parity = _figure_sections(curves, h, labels, root)
     return [intro, cross, lc, _headline_section(h, labels), parity, *filter(None, extra),
             *_tables(curves, labels, max_groups), perf, bad, _environment(records)]

@@ -3,10 +3,11 @@
 Execution hands the runs to the executor (``bench.executors``). Each run is claimed,
 placed (its runtime resolved in the slot that runs it: device kind and key package
 versions, see ``bench.core.contract``), skipped when an ``ok`` record of the same spec on
-the same runtime is stored (resume), else run in a worker forked from its family's fork
-server; it stores its record itself. A crash, kill or timeout becomes a ``failed`` record
-with the tail of its log, a missing checkpoint or uncovered element a ``skipped`` one, and
-the sweep goes on.
+the same runtime is stored (resume; a run that must save its model and has none saved runs
+again), else run in a worker forked from its family's fork server; it stores its record
+itself, pointing at the model the worker saved where it was asked to. A crash, kill or
+timeout becomes a ``failed`` record with the tail of its log, a missing checkpoint or
+uncovered element a ``skipped`` one, and the sweep goes on.
 
 Example:
     >>> plan = make_plan(SweepConfig.from_preset("quick", models="chgnet"))
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import json
@@ -36,6 +38,7 @@ from bench.core.contract import (
     DerivedRun,
     Job,
     JobPaths,
+    ModelArtefact,
     Parameters,
     Provenance,
     Record,
@@ -49,6 +52,7 @@ from bench.plan import Plan, PlannedRun
 from bench.progress import Progress
 from bench.provenance import now, provenance
 from bench.registry import ModelInfo
+from bench.saved import saved_model
 from bench.store import Store
 from bench.targets import SWEEP_LOG
 from bench.workers import (
@@ -129,6 +133,8 @@ def _job(run: PlannedRun, placement: Placement, threads: int, data: dict, store:
                device=placement.device, threads=threads,
                derived=tuple(DerivedRun(spec=d.spec, run_id=run_id(d.spec, placement.runtime), train=d.train_idx)
                              for d in run.derived),
+               save_model_to=str(store.root / "models" / rid) if run.save_model else None,
+               model_file=str(run.model_file) if run.model_file else None,
                paths=JobPaths(result=str(jobs / f"{attempt}.result.json"),
                               progress=str(jobs / f"{attempt}.progress.jsonl"),
                               log=str(store.root / "logs" / f"{rid}.log"),
@@ -167,7 +173,8 @@ def run_worker(run: PlannedRun, placement: Placement, server: ForkServer, thread
     if failure is None and result_path.exists():
         result = Result.read(result_path)
         trained = result.ok and isinstance(run.spec, TrainSpec)
-        artefacts = Artefacts(log=log, predictions=f"predictions/{job.run_id}.npz" if trained else None)
+        artefacts = Artefacts(log=log, predictions=f"predictions/{job.run_id}.npz" if trained else None,
+                              model=_model_artefact(result.model, store.root))
         record = Record.of(result, spec=run.spec, runtime=placement.runtime, rid=job.run_id,
                            provenance=_provenance(started), artefacts=artefacts)
     else:
@@ -177,6 +184,13 @@ def run_worker(run: PlannedRun, placement: Placement, server: ForkServer, thread
     for path in (job_path, result_path, progress_path):
         path.unlink(missing_ok=True)
     return record, result
+
+
+def _model_artefact(model: ModelArtefact | None, root: Path) -> ModelArtefact | None:
+    """The worker's saved model with its path relative to the results directory."""
+    if model is None or model.path is None:
+        return model
+    return dataclasses.replace(model, path=str(Path(model.path).relative_to(root)))
 
 
 def _derived_records(run: PlannedRun, record: Record, result: Result | None) -> tuple[Record, ...]:
@@ -205,6 +219,9 @@ def _summary(record: Record) -> str:
     if record.spec.kind == "perf":
         return (f"batched predict {t.speedup_vs_ase_calculator:.1f}x the ASE calculator, "
                 f"{t.inference_atoms_per_s:.0f} atoms/s")
+    if record.spec.kind == "md":
+        runs = (record.md or {}).get("runs", {})
+        return "; ".join(f"{t} K {r['verdict']}" for t, r in runs.items())[:200]
     if record.spec.kind == "surrogate":
         return (f"student F {m.forces_rmse_mev_per_ang:.1f} meV/Å, "
                 f"{record.surrogate['speed']['speedup_vs_teacher']:.1f}x the teacher's speed")
@@ -265,7 +282,8 @@ def run_planned(run: PlannedRun, slot: WorkerSlot, *, data: dict, store: Store, 
         if not mine:
             return Outcome(None)
         existing = [store.find(r.spec, placement.runtime) for r in (run, *run.derived)]
-        if all(r is not None and r.ok for r in existing):  # stored earlier, or meanwhile by another sweep
+        if all(r is not None and r.ok for r in existing) and (  # stored earlier, or meanwhile by another sweep
+                not run.require_model or saved_model(existing[0], store.root) is not None):
             return Outcome(existing[0], reused=True, derived=tuple(existing[1:]))
         known = next((known_skips[s] for s in _skip_scopes(run) if s in known_skips), None)
         result = None

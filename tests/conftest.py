@@ -332,3 +332,92 @@ def minimal_record(run_id: str = "abc", status: str = "ok", version: int | None 
             "train_config": None}
     return {"schema_version": SCHEMA_VERSION if version is None else version, "run_id": run_id, "status": status,
             "reason": None, "spec": spec, "runtime": {"device": "cpu", "packages": {"torch": "2.13.0"}}}
+
+
+# Saved models and MD stability on the synthetic store: files stand in for the exported models
+# (their bytes are made up; their sha256 and sizes are real), MD records as the MD job writes them.
+SYNTH_SAVED = (("finetune", 100), ("freeze-interactions", 100))  # saved for both models and seeds
+SYNTH_D_DATA = 1.88  # Å, the closest pair in the "DFT data"
+
+
+def synth_md_record(train_record, status: str = "ok") -> dict:
+    """An MD job's record on ``train_record``'s saved model: stable at 300 K, collapsed at 6000 K."""
+    from bench.config import MD_DEFAULTS
+    from bench.core.contract import SCHEMA_VERSION
+    from bench.core.util import digest as run_id
+
+    t = train_record.spec
+    spec = {"schema_version": SCHEMA_VERSION, "kind": "md", "model": t.model, "family": t.family,
+            "checkpoint": t.checkpoint, "dataset": t.dataset, "dataset_sha256": t.dataset_sha256,
+            "model_run": train_record.run_id, "model_sha256": train_record.artefacts.model.sha256,
+            "strategy": t.strategy, "train_size": t.train_size, "seed": t.seed, "cell_group": "AIMD-NVT",
+            "temperatures_k": [300.0, 6000.0], "timestep_fs": 2.0, "langevin_ps": 1.0, "nve_ps": 0.5,
+            "friction_per_fs": 0.01, "criteria": MD_DEFAULTS["criteria"], "dimer": MD_DEFAULTS["dimer"]}
+    rec = {"schema_version": SCHEMA_VERSION, "run_id": run_id(spec), "spec": spec, "status": status,
+           "reason": None, "provenance": {"commit": "abc1234def"}}
+    if status != "ok":
+        return rec | {"reason": "RuntimeError: matgl could not build the graph"}
+
+    def run(temperature, verdict, steps, **more):
+        return {"temperature_k": temperature, "langevin_steps": 500, "nve_steps": 250, "steps_run": steps,
+                "ps_run": steps * 0.002, "min_distance_ang": 2.31, "max_temperature_k": 1.3 * temperature,
+                "wall_s": 0.1 * steps, "s_per_step": 0.1, "verdict": verdict, **more}
+
+    md = {"n_atoms": 54, "formula": "Mo54", "d_data_ang": SYNTH_D_DATA, "criteria": MD_DEFAULTS["criteria"],
+          "cell": {"group": "AIMD-NVT", "energy_per_atom_ev": -10.9}, "dimer_wall_s": 1.5,
+          "runs": {"300": run(300.0, "stable", 750, langevin_mean_temperature_k=301.0, nve_mean_temperature_k=297.0,
+                              nve_drift_mev_per_atom_per_ps=0.42, nve_max_deviation_mev_per_atom=1.3),
+                   "6000": run(6000.0, "blew up at 0.31 ps: atoms collapsed: a pair 1.02 Å apart, below 1.13 Å "
+                               "(0.6 x the 1.88 Å closest in the DFT data)", 155, blew_up="atoms collapsed")},
+          "dimers": {"Mo": {"symbol": "Mo", "r_ang": [0.75, 1.9, 3.76], "energy_ev": [9.1, -4.2, -0.3],
+                            "r_min_ang": 1.9, "well_depth_ev": -4.2, "energy_at_shortest_ev": 9.1, "repulsive": True,
+                            "why_not": None}}}
+    return rec | {"md": md, "timing": {"load_s": 1.2, "peak_rss_mb": 900.0},
+                  "environment": {"packages": {t.model: "1.0"}, "device": "cpu", "threads": 1, "cpu": "synthetic"}}
+
+
+def write_saved_models(root):
+    """Give the synthetic store saved models: every finetune and freeze-interactions run at the
+    largest size (both models, both seeds) a model file, chgnet's lora run a failed export; an
+    MD record on chgnet finetune seed 0's model and a failed one on m3gnet's."""
+    import dataclasses
+    import json
+
+    from bench.core.contract import Artefacts, ModelArtefact
+    from bench.core.util import file_sha256
+    from bench.store import Store
+
+    store = Store(root)
+    fmt = {"chgnet": ("chgnet-file", "chgnet.pth.tar"), "m3gnet": ("matgl-directory", "m3gnet")}
+    by_label = {}
+    for r in store.all():
+        spec = r.spec
+        if not (r.ok and spec.kind == "train" and spec.trains and spec.train_size == SYNTH_POOL):
+            continue
+        form, name = fmt[spec.model]
+        if (spec.strategy, spec.train_size) in SYNTH_SAVED:
+            path = root / "models" / r.run_id / name
+            files = [path / "model.json", path / "state.pt"] if form == "matgl-directory" else [path]
+            for i, f in enumerate(files):
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(np.random.default_rng(i + len(by_label)).bytes(2000 + 1000 * i))
+            sha256, size = file_sha256(path)
+            model = ModelArtefact(format=form, path=str(path.relative_to(root)), sha256=sha256, bytes=size,
+                                  export_s=0.05)
+        elif spec.strategy == "lora" and spec.model == "chgnet" and spec.seed == 0:
+            model = ModelArtefact(format=form, error="OSError: [Errno 28] No space left on device")
+        else:
+            continue
+        rec = dataclasses.replace(r, artefacts=dataclasses.replace(r.artefacts or Artefacts(), model=model))
+        store.put(rec)
+        by_label[(spec.model, spec.strategy, spec.seed)] = rec
+    for rec in (synth_md_record(by_label[("chgnet", "finetune", 0)]),
+                synth_md_record(by_label[("m3gnet", "finetune", 0)], status="failed")):
+        (store.records / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return root
+
+
+@pytest.fixture
+def saved_store(synthetic_store):
+    """The synthetic store with saved models and MD records (``write_saved_models``)."""
+    return write_saved_models(synthetic_store)

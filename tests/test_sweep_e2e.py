@@ -28,8 +28,11 @@ def bench(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 
 def records(out: Path) -> dict[str, dict]:
+    """Records by ``model/strategy`` for training runs, ``model/kind`` for the other jobs (an MD
+    job's spec names the strategy of the run whose model it loads)."""
     recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    return {f"{r['spec']['model']}/{r['spec'].get('strategy', r['spec']['kind'])}": r for r in recs}
+    return {f"{r['spec']['model']}/{r['spec']['strategy'] if r['spec']['kind'] == 'train' else r['spec']['kind']}": r
+            for r in recs}
 
 
 def test_sweep_writes_records_and_a_report_from_them(tmp_path):
@@ -293,3 +296,64 @@ def test_zero_shot_e0_refits_and_step_budgets_through_real_workers(tmp_path):
     assert len(list((out / "records").glob("*.json"))) == 5
     report = (out / "report.md").read_text()
     assert "no data-efficiency claim" in report or "no scratch reference" in report
+
+
+def test_saved_models_export_reload_and_md_end_to_end(tmp_path):
+    """A sweep that saved nothing has no model to export, and says how to get one; rerun with
+    --save-models best, it trains its best run again (by validation force RMSE) and keeps only
+    that model; `bench export` copies it and chgnet's own loader reads the copy in a fresh
+    process (no ftbench) and predicts the test set as the run did; --save-models all trains the
+    other run again for its model; --md best runs MD on the best model and the report shows it."""
+    preset = tmp_path / "short-md.toml"  # tiny, with MD runs of a few steps
+    preset.write_text((ROOT / "tests" / "presets" / "tiny.toml").read_text()
+                      + "\n[md]\nlangevin_ps = 0.02\nnve_ps = 0.01\n[md.dimer]\npoints = 5\n")
+    out = tmp_path / "res"
+    args = ["run", "--preset", str(preset), "--models", "chgnet", "--sizes", "2", "--seeds", "0", "--epochs", "1",
+            "--batch-size", "2", "--threads", "2", "--perf-structures", "0",
+            "--strategies", "zero-shot,finetune,freeze-interactions", "--out", str(out)]
+    bench(*args)
+    refused = bench("export", str(out), "best", check=False)
+    assert refused.returncode == 1 and "has no saved model: its sweep did not save it" in refused.stderr
+    assert "with --save-models best (and the same --out)" in refused.stderr
+
+    proc = bench(*args, "--save-models", "best")
+    assert "training again 1 best run(s) whose model is not saved" in proc.stderr
+    recs = records(out)
+    trained = {k: r for k, r in recs.items() if k in ("chgnet/finetune", "chgnet/freeze-interactions")}
+    best = min(trained.values(), key=lambda r: r["convergence"]["val_forces_best_mev_per_ang"])
+    other = next(r for r in trained.values() if r is not best)
+    art = best["artefacts"]["model"]
+    assert art["format"] == "chgnet-file" and art["path"] == f"models/{best['run_id']}/chgnet.pth.tar"
+    assert (out / art["path"]).stat().st_size == art["bytes"] > 1e6 and len(art["sha256"]) == 64
+    assert "model" not in other["artefacts"] and "model" not in recs["chgnet/zero-shot"].get("artefacts", {})
+
+    exported = bench("export", str(out), "best", "--to", str(tmp_path / "exp"))
+    copy = next((tmp_path / "exp").glob("*.pth.tar"))
+    assert f"CHGNetCalculator(model=chgnet.model.CHGNet.from_file({copy}))" in exported.stdout
+    test_xyz = next((out / "data").glob("mlearn-Mo-*/test.xyz"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(ROOT / ".venvs" / "chgnet" / "bin" / "python"),
+                    str(ROOT / "tests" / "families" / "native_reload.py"), "chgnet", str(copy), str(test_xyz),
+                    str(tmp_path / "reloaded.npz")], cwd=tmp_path, env=env, check=True, capture_output=True)
+    got, run = np.load(tmp_path / "reloaded.npz"), np.load(out / "predictions" / f"{best['run_id']}.npz")
+    n = run["pred_n_atoms"]
+    np.testing.assert_allclose(got["energy"] / n, run["pred_energy"] / n, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got["forces"], run["pred_forces"], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(got["stress"], run["pred_stress"], rtol=0, atol=1e-5)
+
+    proc = bench(*args, "--save-models", "all", "--md", "best")
+    assert "1 stored run(s) lack a saved model: they are trained again (--save-models all)" in proc.stderr
+    recs = records(out)
+    assert all("model" in recs[k]["artefacts"] for k in trained)
+    best = min((recs[k] for k in trained), key=lambda r: r["convergence"]["val_forces_best_mev_per_ang"])
+    md = recs["chgnet/md"]
+    assert md["status"] == "ok" and md["spec"]["model_run"] == best["run_id"]
+    assert md["spec"]["model_sha256"] == best["artefacts"]["model"]["sha256"]
+    assert md["spec"]["temperatures_k"] == [300.0, 6000.0]  # the catalog's for mlearn-Mo
+    runs = md["md"]["runs"]
+    assert set(runs) == {"300", "6000"}
+    assert all(r["langevin_steps"] == 10 and r["nve_steps"] == 5 for r in runs.values())
+    assert all(r["verdict"] == "stable" or r["verdict"].startswith(("blew up at", "drifts:")) for r in runs.values())
+    assert set(md["md"]["dimers"]) == {"Mo"} and md["md"]["d_data_ang"] == pytest.approx(1.883, abs=1e-3)
+    report = (out / "report.md").read_text()
+    assert "## Saved models and MD stability" in report and f"| {runs['300']['verdict']} |" in report
