@@ -74,7 +74,10 @@ class Adapter(abc.ABC):
     family: ClassVar[str]
     default_checkpoint: ClassVar[str]
     library_modules: ClassVar[tuple[str, ...]] = ()  # imported once by the worker's fork server
-    predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU
+    predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU (measured per family)
+    # on a GPU, big batches fill it: SevenNet-0 / MACE predict ran 23k / 41k atoms/s at batch 32 on an
+    # H200 against 1.0k / 1.8k at batch 1 (../shared/notes/gpu.md)
+    gpu_predict_batch_size: ClassVar[int] = 32
     # False where the library keeps E0 in buffers (MACE, M3GNet): then `--e0 train` is refused.
     reference_is_parameter: ClassVar[bool] = True
 
@@ -146,9 +149,26 @@ class Adapter(abc.ABC):
         self.scratch_ = scratch or student is not None
         model = self._build_student(student, sorted(numbers)) if student is not None else self._build(scratch=scratch)
         self.model_ = model.to(self.device)
+        self.accelerator_ = None
+        if self.on_gpu:
+            self.model_, self.accelerator_ = self._accelerate(self.model_)
         self.model_.train(False)
         self.frozen_k_ = 0
         return self
+
+    def _accelerate(self, model: torch.nn.Module) -> tuple[torch.nn.Module, str | None]:
+        """On a GPU: the model with the library's accelerated kernels where they are installed,
+        and their name (None: plain e3nn/torch). Families without such kernels keep the model."""
+        return model, None
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    @property
+    def inference_batch_size(self) -> int:
+        """Structures per forward pass for predict and validation, by device."""
+        return self.gpu_predict_batch_size if self.on_gpu else self.predict_batch_size
 
     def blocks(self) -> list[Block]:
         params = dict(self.model_.named_parameters())
@@ -215,7 +235,7 @@ class Adapter(abc.ABC):
     def predict(self, frames: Sequence[Atoms], *, batch_size: int | None = None,
                 stress: bool = True, graphs: list | None = None) -> Predictions:
         """Batched prediction; ``graphs`` may pass already-featurized structures."""
-        batch_size = batch_size or self.predict_batch_size
+        batch_size = batch_size or self.inference_batch_size
         self.check_elements(frames)
         graphs = graphs if graphs is not None else [self.featurize(a) for a in frames]
         energy, forces, stresses = [], [], []

@@ -155,7 +155,7 @@ def _evaluate(adapter: Adapter, data: list[_Target], cfg: TrainConfig, with_stre
     """Validation RMSEs and loss; sums stay on the device until the one transfer at the end."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    step = adapter.predict_batch_size
+    step = adapter.inference_batch_size
     with adapter.no_parameter_grads():
         for start in range(0, len(data), step):
             for k, err in _errors(adapter, data[start : start + step], with_stress).items():

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report,compare}``.
+"""Command line: ``python -m bench {run,list,report,compare,gpu-check}``.
 
 Examples:
     python -m bench run --models all                      # embedded default (preset quick, CPU)
@@ -8,6 +8,7 @@ Examples:
     python -m bench list models
     python -m bench report reports/quick
     python -m bench compare reports/baselines/regression reports/regression
+    python -m bench gpu-check --workers 4         # on a GPU machine: correctness and speed, a table
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from datasets.splits import parse_size
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FAMILY=PATH, e.g. mace=/opt/mace-env/bin/python")
+    return name.strip(), value.strip()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="reference-energy policy (default refit)")
     run.add_argument("--checkpoint", help="foundation checkpoint name or path (one model), or model=PATH,... pairs")
     run.add_argument("--device", help="auto (the GPU when a worker sees one), cpu, cuda or cuda:N")
+    run.add_argument("--python", action="append", metavar="FAMILY=PATH", type=_pair,
+                     help="run a family's workers with an existing interpreter (cluster module, conda env, an "
+                     "offline GPU machine's python) instead of building .venvs/FAMILY; it must import the "
+                     "family's library; also $BENCH_PYTHON_<FAMILY>")
+    run.add_argument("--isolation", choices=("auto", "fork", "process"),
+                     help="auto: fork per run from a server per family on the CPU, a fresh process per run on a "
+                     "GPU (forking after CUDA libraries are imported is unsafe); fork or process force one")
     run.add_argument("--threads", type=int, help="torch threads per worker (default: all cores)")
     run.add_argument("--run-timeout", type=float, dest="run_timeout_s", help="seconds per run")
     run.add_argument("--pool-size", type=int, dest="pool_size",
@@ -145,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run", "preset"}
              and not k.startswith("slurm_")}
+    given["python"] = dict(args.python) if args.python else None
     given["slurm"] = {k.removeprefix("slurm_"): v for k, v in vars(args).items()
                       if k.startswith("slurm_") and v is not None}
     cfg = SweepConfig.from_preset(args.preset, **given)
@@ -165,6 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-check"]:  # its own options: python -m bench gpu-check --help
+        from bench.gpu_check import main as gpu_check
+
+        return gpu_check(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":

@@ -22,6 +22,8 @@ from bench.core.contract import E0_POLICIES, TrainConfig
 from bench.core.strategies import DEFAULT_STRATEGIES, UnknownName
 from bench.core.util import did_you_mean
 from bench.executors import EXECUTORS
+from bench.registry import MODELS
+from bench.workers import ISOLATIONS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -66,10 +68,14 @@ class SweepConfig:
     pool_size: int | None = None  # use only this many training frames (fractions refer to it)
     checkpoint: str | None = None
     device: str = "auto"  # auto: the GPU when the worker sees one, else the CPU
+    isolation: str = "auto"  # auto: a fork server per family on the CPU, a fresh process per run on a GPU
+    python: dict = field(default_factory=dict)  # family environment -> an existing interpreter (--python)
     threads: int = 0  # 0: all cores of this machine
     run_timeout_s: float = 3600.0
     max_train_time_s: float = 1800.0
     perf_structures: int = 0  # per-model timing job on this many test structures (0: none)
+    perf_batch_sizes: tuple[int, ...] = ()  # ...also predict throughput at these batch sizes
+    perf_train_steps: int = 0  # ...also the shared loop's step vs a minimal loop over this many steps
     properties: str = "all"  # catalog property benchmarks after: all runs | largest (size per strategy) | none
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -103,7 +109,7 @@ class SweepConfig:
         if "sizes_by_strategy" in sweep:
             sweep["sizes_by_strategy"] = {k: tuple(parse_size(str(x)) for x in v)
                                           for k, v in sweep["sizes_by_strategy"].items()}
-        for key in ("strategies", "seeds", "lr_grid", "budget_check"):
+        for key in ("strategies", "seeds", "lr_grid", "budget_check", "perf_batch_sizes"):
             if key in sweep:
                 sweep[key] = tuple(sweep[key])
         if "lr_grid_size" in sweep:
@@ -125,6 +131,12 @@ class SweepConfig:
             raise ValueError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.epochs < 1:
             raise ValueError(f"--epochs {self.epochs}: training needs at least 1 epoch")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"--isolation {self.isolation!r}: use {', '.join(ISOLATIONS)}")
+        unknown_env = sorted(set(self.python) - {m.env for m in MODELS.values()})
+        if unknown_env:
+            raise ValueError(f"--python {unknown_env[0]}=...: no such family environment; known: "
+                             f"{', '.join(sorted({m.env for m in MODELS.values()}))}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: use {', '.join(EXECUTORS)}")
         if self.workers < 1:

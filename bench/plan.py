@@ -211,8 +211,9 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset, o
         if cfg.surrogate and cfg.surrogate["model"] == model.key:
             mine.append(_surrogate_run(cfg, model, base, splits))
         if cfg.perf_structures:  # last: by then the background environment builds are done
-            mine.append(PlannedRun(PerfSpec(**base, n_structures=min(cfg.perf_structures, len(dataset.test))),
-                                   model))
+            mine.append(PlannedRun(PerfSpec(**base, n_structures=min(cfg.perf_structures, len(dataset.test)),
+                                            batch_sizes=tuple(cfg.perf_batch_sizes),
+                                            train_steps=cfg.perf_train_steps), model))
         runs += sorted(mine, key=_longest_first)
     return runs
 

@@ -38,6 +38,9 @@ class ModelInfo:
     citation: str
     # the library's own name for a freeze level k, shown next to ours in reports
     native_freeze: tuple[tuple[int, str], ...] = ()
+    # optional accelerated kernels the adapter uses on a GPU where installed (their versions are
+    # part of a run's runtime, so accelerated and plain runs are never mixed up)
+    accelerators: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -58,6 +61,7 @@ MODELS: dict[str, ModelInfo] = {
         # mace-torch --freeze N (1 embedding, 5 interactions, 6 products, 7 readouts) as our k;
         # adapters/mace_adapter.py MACE_FREEZE_TO_K is the tested source of this table
         native_freeze=((1, "mace --freeze 1"), (5, "mace --freeze 6"), (6, "mace --freeze 7")),
+        accelerators=("cuequivariance", "cuequivariance-torch"),
         licence="MIT (code); MACE-MP-0 weights MIT",
         citation="I. Batatia et al., arXiv:2401.00096",
     ),
@@ -75,6 +79,7 @@ MODELS: dict[str, ModelInfo] = {
         env="sevennet", packages=("sevenn", "e3nn"), default_checkpoint="7net-0",
         checkpoints=("7net-0", "7net-0_22may2024", "7net-l3i5"),
         blocks=("embedding", *("interaction",) * 5, "readout"), licence="GPL-3.0",
+        accelerators=("cuequivariance", "cuequivariance-torch"),
         citation="Y. Park et al., J. Chem. Theory Comput. 20, 4857 (2024)",
     ),
 }

@@ -45,6 +45,11 @@ def load(job: Job, *, init: str = "foundation", covers: Sequence[Atoms] = (), al
     return adapter
 
 
+def accelerator(adapter: Adapter) -> str | None:
+    """What the record says of accelerated kernels: on a GPU their name or "none"; on a CPU nothing."""
+    return (adapter.accelerator_ or "none") if adapter.on_gpu else None
+
+
 def adapt(adapter: Adapter, *, freeze_k: int, e0_policy: str, lora: LoraSettings | None,
           train_frames: Sequence[Atoms]) -> dict:
     """Freeze, add LoRA, apply the E0 policy; returns the result fields this records."""
