@@ -19,6 +19,7 @@ from ase.build import bulk
 from adapters.base import CheckpointUnavailable
 from adapters.m3gnet_adapter import M3GNetAdapter
 from adapters.training import TrainConfig, refit_reference_energies
+from bench.registry import get_model
 from tests.families.contract import AdapterContract, HotPathBenchmarks
 
 torch.set_num_threads(1)  # 2-core CI machines; extra threads only contend
@@ -100,6 +101,8 @@ class TestM3GNetContract(AdapterContract, HotPathBenchmarks):
         assert [b.name for b in blocks] == [b.name for b in foundation.blocks()]
         assert sum(b.n_params for b in blocks) == mp.parameter_counts()["total"] == 288_157
         assert mp.reference_energies()[42] != foundation.reference_energies()[42]
+        info = get_model("m3gnet").checkpoint_info("M3GNet-MP-2021.2.8-PES")
+        assert info.numbers == mp.supported_numbers() and info.cutoff == mp.cutoff
 
     def test_forces_are_minus_the_energy_gradient(self, foundation):
         atoms = bulk("Mo", "bcc", a=3.16, cubic=True) * (2, 2, 2)
