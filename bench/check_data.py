@@ -199,7 +199,9 @@ def _epoch_estimates(ds: Dataset, results: list[Path]) -> list[str]:
         per_atom = np.median([r.timing.step_s_per_structure * r.metrics.n_structures / r.metrics.n_atoms
                               for r in full])
         devices = ", ".join(sorted({r.runtime.device for r in full}))
-        lines.append(f"  {model}: ~{per_atom * pool_atoms:.2g} s per epoch ({1000 * per_atom:.1f} ms per atom per "
+        epoch_s = per_atom * pool_atoms
+        shown = f"{epoch_s:,.0f}" if epoch_s >= 10 else f"{epoch_s:.2g}"
+        lines.append(f"  {model}: ~{shown} s per epoch ({1000 * per_atom:.1f} ms per atom per "
                      f"step, median of {len(full)} {'full fine-tuning' if full is not trained else 'training'} "
                      f"records on {devices})")
     return lines + notes

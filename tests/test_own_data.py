@@ -202,6 +202,17 @@ def test_named_keys_and_stress_units_convert_to_ase_units(tmp_path):
     assert len(variants) == 2  # ... and other files for the workers (bench/runner.py data/<name>-<variant>)
 
 
+def test_keys_units_and_test_options_are_preset_settings(tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text('[sweep]\nenergy_key = "dft_E"\nforces_key = "dft_F"\nstress_unit = "kbar"\n'
+                      'group_key = "kind"\ntest_size = 50\n')
+    cfg = SweepConfig.from_preset(str(preset))
+    assert cfg.label_keys() == LabelKeys(energy="dft_E", forces="dft_F", group="kind", stress_unit="kbar")
+    assert cfg.test_size == 50 and SweepConfig.from_preset(str(preset), test_size=7).test_size == 7  # flags win
+    with pytest.raises(ValueError, match="stress_unit 'bar'"):
+        SweepConfig.from_preset(str(preset), stress_unit="bar")
+
+
 def test_a_missing_key_names_file_frame_and_the_keys_there(tmp_path):
     frames, labels = _mixed(2)
     path = _write(tmp_path / "keys.xyz", frames, labels, keys=("dft_E", "dft_F", "dft_S"))
@@ -330,8 +341,9 @@ def test_check_data_says_what_a_run_will_read(tmp_path, capsys):
     assert "problems: 2" in out and "1 duplicate frames" in out and "mine.xyz[12]" in out
     assert "1 periodic frames whose forces do not sum to ~0" in out and "mine.xyz[13]" in out
     pool_atoms = sum(len(a) for a in ds.pool)
-    assert f"chgnet: ~{0.5 * 10 / 500 * pool_atoms:.2g} s per epoch (10.0 ms per atom per step, median of 1 " \
-           "full fine-tuning records on cpu)" in out
+    assert 0.01 * pool_atoms < 10  # 10 ms per atom-step (0.5 s per 50-atom structure) × the pool's atoms
+    assert f"chgnet: ~{0.01 * pool_atoms:.2g} s per epoch (10.0 ms per atom per step, median of 1 full " \
+           "fine-tuning records on cpu)" in out
     assert "m3gnet: no timing record" in out
     assert main(["check-data", str(path), "--test-size", "1"]) == 0
     out = capsys.readouterr().out
