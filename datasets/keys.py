@@ -105,15 +105,16 @@ def resolve(images: list[Atoms], given: LabelKeys) -> LabelKeys:
 
 
 def value(atoms: Atoms, name: str, keys: LabelKeys, where: str):
-    """The raw label ``name`` of a frame under ``keys`` (None when absent); a named key that
-    a frame lacks is an error naming the frame and the key, except the optional stress."""
+    """The raw label ``name`` of a frame under ``keys`` (None when absent); a missing energy
+    or forces is an error naming the frame, the key and the keys the frame does have (stress
+    and group are optional)."""
     key = getattr(keys, name)
     results = atoms.calc.results if atoms.calc is not None else {}
     store, store_name = (atoms.arrays, "arrays") if name == "forces" else (atoms.info, "info")
-    if key is None:
+    if key is None and name == "energy":
+        found = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
+    elif key is None:
         found = results.get(name, store.get(name))
-        if name == "energy" and found is None:
-            found = results.get("free_energy")
     else:
         found = store.get(key, results.get(key))
     if found is None and name in ("energy", "forces"):

@@ -4,7 +4,7 @@ The families disagree on frames that are not periodic along all three cell vecto
 with ``pbc=[T, T, F]``, molecules and clusters with ``pbc=False``): M3GNet treats any
 non-periodic axis as a molecule (the slab loses its images in x and y too), MACE divides the
 stress by an inflated volume, CHGNet needs an invertible cell, SevenNet divides the stress of
-a cell-less molecule by 1e-3 Å³ (measured: ``/work/notes/export_and_pbc.md``). So no library
+a cell-less molecule by 1e-3 Å³ (measured: README, "Your own data"). So no library
 sees such a frame: ``as_periodic`` hands them a fully periodic one that has exactly the
 same graph.
 
@@ -52,7 +52,7 @@ class PeriodicityError(DatasetError):
 
 
 def where(atoms: Atoms) -> str:
-    """File and frame of a frame (``info['source']``, set by the converters), or ''."""
+    """File and frame of a frame (``info['source']``, set by the converters), or 'frame'."""
     return str(atoms.info.get("source") or "frame")
 
 
