@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from datasets.periodicity import as_periodic
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
@@ -95,9 +97,15 @@ class Adapter(abc.ABC):
     def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(name, kind, parameter-name prefixes) in forward order; reference block last."""
 
+    @property
     @abc.abstractmethod
-    def featurize(self, atoms: Atoms) -> Any:
-        """One structure as the library's graph; built once per structure and reused."""
+    def cutoff(self) -> float:
+        """The model's largest graph cutoff (Å): no edge, three-body term or message reaches
+        farther, so a frame's periodic images beyond it change nothing."""
+
+    @abc.abstractmethod
+    def _featurize(self, atoms: Atoms) -> Any:
+        """One fully periodic structure as the library's graph (``featurize`` hands it one)."""
 
     def collate(self, graphs: list) -> Any:
         """Featurized structures as one model input (data preparation, timed apart)."""
@@ -131,6 +139,17 @@ class Adapter(abc.ABC):
         import torch
 
         return torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
+
+    def periodic(self, atoms: Atoms) -> Atoms:
+        """The frame as this model sees it: periodic along all three axes, with the same graph
+        as the frame's own periodicity (``datasets.periodicity``); refused when no such frame
+        exists for this cutoff. The one place every family's input passes, so no library's own
+        handling of partial periodicity (M3GNet: any open axis makes a molecule) is ever used."""
+        return as_periodic(atoms, self.cutoff)
+
+    def featurize(self, atoms: Atoms) -> Any:
+        """One structure as the library's graph; built once per structure and reused."""
+        return self._featurize(self.periodic(atoms))
 
     def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
         return self.forward_batch(self.collate(graphs), stress=stress)

@@ -203,7 +203,11 @@ class MACEAdapter(Adapter):
 
         return MACECalculator(models=copy.deepcopy(self.model_), device=self.device, default_dtype="float32")
 
-    def featurize(self, atoms: Atoms) -> Any:
+    @property
+    def cutoff(self) -> float:
+        return float(self.model_.r_max)
+
+    def _featurize(self, atoms: Atoms) -> Any:
         from mace import data
         from mace.tools import utils
         from mace.tools.torch_tools import default_dtype

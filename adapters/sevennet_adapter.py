@@ -145,7 +145,11 @@ class SevenNetAdapter(Adapter):
 
         return SevenNetCalculator(copy.deepcopy(self.model_), device=self.device)
 
-    def featurize(self, atoms: Atoms) -> Any:
+    @property
+    def cutoff(self) -> float:
+        return self.cutoff_
+
+    def _featurize(self, atoms: Atoms) -> Any:
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
 

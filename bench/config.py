@@ -24,6 +24,7 @@ from bench.core.util import did_you_mean
 from bench.executors import EXECUTORS
 from bench.registry import MODELS
 from bench.workers import ISOLATIONS
+from datasets.keys import DEFAULT_STRESS_UNIT, STRESS_UNITS, LabelKeys
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -66,6 +67,15 @@ class SweepConfig:
     val_fraction: float = 0.05
     val_size: int | None = None  # hold out at least this many frames instead of a fraction
     pool_size: int | None = None  # use only this many training frames (fractions refer to it)
+    # a user's own file (datasets.keys): where its labels are (None: the default, or MACE's
+    # REF_* names where only those exist), the unit and sign of its stress, its test set
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    group_key: str | None = None
+    stress_unit: str = DEFAULT_STRESS_UNIT
+    test_size: int | None = None  # at most this many test frames (whole leak groups, fixed); catalog data too
+    test_file: str = ""  # a user's own held-out file instead of a split of the dataset file
     checkpoint: str | None = None
     device: str = "auto"  # auto: the GPU when the worker sees one, else the CPU
     isolation: str = "auto"  # auto: a fork server per family on the CPU, a fresh process per run on a GPU
@@ -165,6 +175,14 @@ class SweepConfig:
         replaying = [n for n in self.strategies if strategies.is_known(n) and strategies.definition(n).replay]
         if replaying and not self.replay_dataset:
             raise ValueError(f"strategy {replaying[0]} needs replay_dataset (structures of another domain)")
+        if self.stress_unit not in STRESS_UNITS:
+            raise ValueError(f"stress_unit {self.stress_unit!r}: use {', '.join(STRESS_UNITS)}")
+        if self.test_size is not None and (isinstance(self.test_size, bool) or not isinstance(self.test_size, int)
+                                           or self.test_size < 1):
+            raise ValueError(f"--test-size {self.test_size!r}: a number of test frames, >= 1")
+        if self.test_file and len(self.datasets) != 1:
+            raise ValueError(f"--test-file {self.test_file} is the test set of one dataset file; "
+                             f"--dataset names {len(self.datasets)}")
         if self.properties not in ("all", "largest", "none"):
             raise ValueError(f"properties={self.properties!r}: use all, largest or none")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
@@ -186,6 +204,11 @@ class SweepConfig:
                                  "models use --checkpoint model=PATH[,model=PATH]")
             return self.checkpoint
         return dict(pairs).get(model)
+
+    def label_keys(self) -> LabelKeys:
+        """Where a user's file keeps its labels, as given (unset keys: found by ``datasets.keys``)."""
+        return LabelKeys(energy=self.energy_key, forces=self.forces_key, stress=self.stress_key,
+                         group=self.group_key, stress_unit=self.stress_unit)
 
     def train_config(self, *, soft: bool = False, lr: float | None = None) -> TrainConfig:
         """The shared training loop's settings; ``soft``: with the per-block LR factors."""

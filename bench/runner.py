@@ -216,7 +216,7 @@ def _summary(record: Record) -> str:
 
 
 def _data_files(dataset: Dataset, store: Store) -> dict[str, str]:
-    data_dir = store.root / "data" / f"{dataset.name}-{dataset.sha256[:12]}"
+    data_dir = store.root / "data" / f"{dataset.name}-{dataset.variant}"  # other keys or test set: other files
     data = {"pool": str(data_dir / "pool.xyz"), "test": str(data_dir / "test.xyz")}
     _write_frames(Path(data["pool"]), dataset.pool)
     _write_frames(Path(data["test"]), dataset.test)

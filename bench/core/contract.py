@@ -236,6 +236,11 @@ class SpecBase(Serial):
     checkpoint: str
     dataset: str
     dataset_sha256: str
+    # a user's own data: choices that change its labels or test set (absent for catalog data)
+    labels: dict[str, str] | None = additive(None)  # keys / stress unit other than the defaults (datasets.keys)
+    test_sha256: str | None = additive(None)  # the user's own test file (--test-file)
+    test_size: int | None = additive(None)  # the test set capped to at most this many frames (--test-size)
+    periodicity: str | None = additive(None)  # frames open along an axis: the rule that closed them
     extra: dict = field(default_factory=dict, compare=False)  # fields of a newer ftbench, kept
 
     def to_dict(self) -> dict:
