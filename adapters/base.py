@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from datasets.periodicity import as_periodic
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -75,7 +77,10 @@ class Adapter(abc.ABC):
     default_checkpoint: ClassVar[str]
     export_format: ClassVar[str]  # what ``export`` writes (``bench.core.contract.ModelArtefact``)
     library_modules: ClassVar[tuple[str, ...]] = ()  # imported once by the worker's fork server
-    predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU
+    predict_batch_size: ClassVar[int] = 16  # fastest batch for inference on CPU (measured per family)
+    # on a GPU, big batches fill it: SevenNet-0 / MACE predict ran 23k / 41k atoms/s at batch 32 on an
+    # H200 against 1.0k / 1.8k at batch 1 (../shared/notes/gpu.md)
+    gpu_predict_batch_size: ClassVar[int] = 32
     # False where the library keeps E0 in buffers (MACE, M3GNet): then `--e0 train` is refused.
     reference_is_parameter: ClassVar[bool] = True
 
@@ -93,9 +98,15 @@ class Adapter(abc.ABC):
     def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(name, kind, parameter-name prefixes) in forward order; reference block last."""
 
+    @property
     @abc.abstractmethod
-    def featurize(self, atoms: Atoms) -> Any:
-        """One structure as the library's graph; built once per structure and reused."""
+    def cutoff(self) -> float:
+        """The model's largest graph cutoff (Å): no edge, three-body term or message reaches
+        farther, so a frame's periodic images beyond it change nothing."""
+
+    @abc.abstractmethod
+    def _featurize(self, atoms: Atoms) -> Any:
+        """One fully periodic structure as the library's graph (``featurize`` hands it one)."""
 
     def collate(self, graphs: list) -> Any:
         """Featurized structures as one model input (data preparation, timed apart)."""
@@ -130,6 +141,17 @@ class Adapter(abc.ABC):
 
         return torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
 
+    def periodic(self, atoms: Atoms) -> Atoms:
+        """The frame as this model sees it: periodic along all three axes, with the same graph
+        as the frame's own periodicity (``datasets.periodicity``); refused when no such frame
+        exists for this cutoff. The one place every family's input passes, so no library's own
+        handling of partial periodicity (M3GNet: any open axis makes a molecule) is ever used."""
+        return as_periodic(atoms, self.cutoff)
+
+    def featurize(self, atoms: Atoms) -> Any:
+        """One structure as the library's graph; built once per structure and reused."""
+        return self._featurize(self.periodic(atoms))
+
     def forward(self, graphs: list, *, stress: bool) -> dict[str, torch.Tensor]:
         return self.forward_batch(self.collate(graphs), stress=stress)
 
@@ -147,9 +169,26 @@ class Adapter(abc.ABC):
         self.scratch_ = scratch or student is not None
         model = self._build_student(student, sorted(numbers)) if student is not None else self._build(scratch=scratch)
         self.model_ = model.to(self.device)
+        self.accelerator_ = None
+        if self.on_gpu:
+            self.model_, self.accelerator_ = self._accelerate(self.model_)
         self.model_.train(False)
         self.frozen_k_ = 0
         return self
+
+    def _accelerate(self, model: torch.nn.Module) -> tuple[torch.nn.Module, str | None]:
+        """On a GPU: the model with the library's accelerated kernels where they are installed,
+        and their name (None: plain e3nn/torch). Families without such kernels keep the model."""
+        return model, None
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    @property
+    def inference_batch_size(self) -> int:
+        """Structures per forward pass for predict and validation, by device."""
+        return self.gpu_predict_batch_size if self.on_gpu else self.predict_batch_size
 
     def blocks(self) -> list[Block]:
         params = dict(self.model_.named_parameters())
@@ -216,7 +255,7 @@ class Adapter(abc.ABC):
     def predict(self, frames: Sequence[Atoms], *, batch_size: int | None = None,
                 stress: bool = True, graphs: list | None = None) -> Predictions:
         """Batched prediction; ``graphs`` may pass already-featurized structures."""
-        batch_size = batch_size or self.predict_batch_size
+        batch_size = batch_size or self.inference_batch_size
         self.check_elements(frames)
         graphs = graphs if graphs is not None else [self.featurize(a) for a in frames]
         energy, forces, stresses = [], [], []

@@ -76,10 +76,17 @@ class CHGNetAdapter(Adapter):
 
         return CHGNetCalculator(copy.deepcopy(self.model_), use_device=self.device)
 
-    def featurize(self, atoms: Atoms) -> Any:
+    @property
+    def cutoff(self) -> float:
+        return float(self.model_.graph_converter.atom_graph_cutoff)  # the bond graph's (3 Å) is inside it
+
+    def _featurize(self, atoms: Atoms) -> Any:
         from pymatgen.core import Lattice, Structure
 
-        structure = Structure(Lattice(atoms.cell[:]), atoms.get_chemical_symbols(),
+        # pymatgen's Lattice is periodic along all three axes unless told (featurize passes
+        # fully periodic frames; the library's own calculator carries atoms.pbc the same way)
+        structure = Structure(Lattice(atoms.cell[:], pbc=tuple(bool(p) for p in atoms.pbc)),
+                              atoms.get_chemical_symbols(),
                               atoms.positions, coords_are_cartesian=True)
         return self.model_.graph_converter(structure).to(self.device)
 

@@ -142,7 +142,11 @@ class M3GNetAdapter(Adapter):
         # tensors that cannot be deep-copied), so it gets the model itself
         return PESCalculator(self.model_, stress_unit="eV/A3")
 
-    def featurize(self, atoms: Atoms) -> Any:
+    @property
+    def cutoff(self) -> float:
+        return float(self.model_.model.cutoff)  # the three-body cutoff (4 Å) is inside it
+
+    def _featurize(self, atoms: Atoms) -> Any:
         from matgl.ext.ase import Atoms2Graph
 
         model = self.model_.model

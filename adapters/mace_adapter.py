@@ -166,6 +166,20 @@ class MACEAdapter(Adapter):
         with default_dtype("float32"):
             return type(model)(**config).float()
 
+    def _accelerate(self, model: torch.nn.Module) -> tuple[torch.nn.Module, str | None]:
+        """cuEquivariance kernels where cuequivariance-torch is installed (mace's own converter,
+        weights carried over); otherwise, or if the conversion fails, the e3nn model, and the
+        reason is kept for the record."""
+        try:
+            import cuequivariance_torch  # noqa: F401 - only whether it is installed
+            from mace.cli.convert_e3nn_cueq import run as to_cueq
+        except ImportError:
+            return model, None
+        try:
+            return to_cueq(model, device=str(self.device), return_model=True).float(), "cuequivariance"
+        except Exception as exc:  # keep the plain model: slower, never wrong
+            return model, f"none (cuequivariance conversion failed: {type(exc).__name__}: {exc})"
+
     # -- blocks ---------------------------------------------------------------------------
     def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
         layout = [("embedding", "embedding",
@@ -190,7 +204,11 @@ class MACEAdapter(Adapter):
 
         return MACECalculator(models=copy.deepcopy(self.model_), device=self.device, default_dtype="float32")
 
-    def featurize(self, atoms: Atoms) -> Any:
+    @property
+    def cutoff(self) -> float:
+        return float(self.model_.r_max)
+
+    def _featurize(self, atoms: Atoms) -> Any:
         from mace import data
         from mace.tools import utils
         from mace.tools.torch_tools import default_dtype

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from ase import units
 
 from bench.core.metrics import EV_PER_A3_TO_GPA
 
@@ -87,7 +88,9 @@ def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: 
                           repeats: int = 3) -> dict:
     """Seconds per structure both ways, their ratio and their agreement. The three ways are
     interleaved after a warm-up and each keeps its best time, so warm-up and drifts in
-    machine load do not favour whichever is timed last."""
+    machine load do not favour whichever is timed last. The calculator gets the frames as
+    the model sees them (``Adapter.periodic``), so a slab file compares like with like."""
+    frames = [adapter.periodic(a) for a in frames]
     n_atoms = sum(len(a) for a in frames)
     calc = adapter.ase_calculator()
     adapter.predict(frames[:2], stress=stress)  # warm-up (lazy inits, allocator)
@@ -102,7 +105,7 @@ def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: 
     pred, ref = out["batched"], out["calculator"]
     per_atom = np.array([len(a) for a in frames])
     result = {
-        "n_structures": len(frames), "n_atoms": n_atoms, "predict_batch_size": adapter.predict_batch_size,
+        "n_structures": len(frames), "n_atoms": n_atoms, "predict_batch_size": adapter.inference_batch_size,
         "featurize_s_per_structure": featurize_s / len(frames),
         "predict_s_per_structure": best["batched"] / len(frames),
         "predict_featurized_s_per_structure": best["featurized"] / len(frames),
@@ -118,3 +121,67 @@ def predict_vs_calculator(adapter: Adapter, frames: Sequence[Atoms], *, stress: 
     if stress:
         result["max_stress_diff_gpa"] = EV_PER_A3_TO_GPA * float(np.max(np.abs(pred.stress - ref["stress"])))
     return result
+
+
+def _synchronize(adapter: Adapter) -> None:
+    if adapter.on_gpu:
+        torch.cuda.synchronize(adapter.device)
+
+
+def predict_by_batch(adapter: Adapter, frames: Sequence[Atoms], sizes: Sequence[int], *, stress: bool,
+                     repeats: int = 3) -> dict[str, float]:
+    """Atoms/s of predict on prebuilt graphs at each batch size, interleaved, best of ``repeats``."""
+    graphs = [adapter.featurize(a) for a in frames]
+    n_atoms = sum(len(a) for a in frames)
+    ways = {str(b): (lambda b=b: adapter.predict(frames, batch_size=b, stress=stress, graphs=graphs)) for b in sizes}
+    adapter.predict(frames[:2], stress=stress, graphs=graphs[:2])  # warm-up
+    best, _ = best_of(ways, repeats)
+    return {b: n_atoms / seconds for b, seconds in best.items()}
+
+
+def loop_vs_minimal(adapter: Adapter, frames: Sequence[Atoms], *, steps: int, batch_size: int,
+                    stress: bool) -> dict[str, float]:
+    """Seconds per training structure of the shared loop's step (targets on the device, its
+    loss, one logged scalar) and of a minimal loop written out by hand with the same loss
+    terms, on the same batches, after a warm-up; the model is restored afterwards."""
+    from adapters.training import TrainConfig, _loss, _targets
+
+    state = {k: v.clone() for k, v in adapter.model_.state_dict().items()}
+    cfg = TrainConfig(batch_size=batch_size, stress_weight=0.1 if stress else 0.0)
+    data = _targets(adapter, frames, stress)
+    batches = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    collated = [adapter.collate([t.graph for t in b]) for b in batches]
+    weights = {"e": cfg.energy_weight, "f": cfg.forces_weight, "s": cfg.stress_weight}
+
+    def minimal_loss(batch, inputs):
+        out = adapter.forward_batch(inputs, stress=stress)
+        energy = torch.stack([t.energy for t in batch]) / torch.stack([t.n_atoms for t in batch])
+        loss = weights["e"] * ((out["energy"] / torch.stack([t.n_atoms for t in batch]) - energy) ** 2).mean()
+        loss = loss + weights["f"] * ((out["forces"] - torch.cat([t.forces for t in batch])) ** 2).mean()
+        if stress:
+            s_ref = torch.stack([t.stress for t in batch])
+            loss = loss + weights["s"] * (((out["stress"] - s_ref) / units.GPa) ** 2).mean()
+        return loss
+
+    ways = {"loop": lambda batch, inputs: _loss(adapter, batch, cfg, stress, inputs), "minimal": minimal_loss}
+    opts = {name: torch.optim.AdamW([p for p in adapter.model_.parameters() if p.requires_grad], lr=1e-6)
+            for name in ways}
+    spent, structures = dict.fromkeys(ways, 0.0), 0
+    adapter.model_.train(True)
+    for step in range(steps + 1):  # step 0: warm-up, not timed; the two ways alternate, step by step
+        batch, inputs = batches[step % len(batches)], collated[step % len(batches)]
+        for name, loss_fn in ways.items():
+            _synchronize(adapter)
+            t0 = time.perf_counter()
+            loss = loss_fn(batch, inputs)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+            loss.item()  # one logged scalar per step, as the shared loop does
+            _synchronize(adapter)
+            spent[name] += (time.perf_counter() - t0) if step else 0.0
+        structures += len(batch) if step else 0
+    adapter.model_.train(False)
+    adapter.model_.load_state_dict(state)
+    return {"loop_step_s_per_structure": spent["loop"] / max(1, structures),
+            "minimal_step_s_per_structure": spent["minimal"] / max(1, structures)}

@@ -105,6 +105,27 @@ class SevenNetAdapter(Adapter):
                             if not p.requires_grad and not n.startswith(reference))
         return model
 
+    def _accelerate(self, model: torch.nn.Module) -> tuple[torch.nn.Module, str | None]:
+        """cuEquivariance tensor products where cuequivariance-torch is installed (sevenn's own
+        checkpoint conversion, weights carried over); otherwise the e3nn model."""
+        import sevenn.nn.cue_helper as cue_helper
+
+        if not cue_helper.is_cue_available():
+            return model, None
+        from sevenn import util
+
+        try:
+            checkpoint = util.load_checkpoint(self._checkpoint_path())
+            fast = checkpoint.build_model(enable_cueq=True)
+            from sevenn.checkpoint import _convert_e3nn_and_cueq  # what build_model itself converts with
+
+            state = _convert_e3nn_and_cueq(model.state_dict(), fast.state_dict(), checkpoint.config, from_cueq=False)
+            fast.load_state_dict(state, strict=False)  # this model's weights (scratch, or the foundation's)
+        except Exception as exc:  # keep the plain model: slower, never wrong
+            return model, f"none (cuequivariance conversion failed: {type(exc).__name__}: {exc})"
+        fast.set_is_batch_data(True)
+        return fast.to(self.device), "cuequivariance"
+
     def block_layout(self) -> list[tuple[str, str, tuple[str, ...]]]:
         n_layers = sum(1 for name in self.model_._modules if name.endswith("_convolution"))
         layout = [("embedding", "embedding", ("edge_embedding.", "onehot_to_feature_x."))]
@@ -125,7 +146,11 @@ class SevenNetAdapter(Adapter):
 
         return SevenNetCalculator(copy.deepcopy(self.model_), device=self.device)
 
-    def featurize(self, atoms: Atoms) -> Any:
+    @property
+    def cutoff(self) -> float:
+        return self.cutoff_
+
+    def _featurize(self, atoms: Atoms) -> Any:
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
 

@@ -23,7 +23,7 @@ import torch
 from ase import units
 
 from bench.core.contract import TrainConfig
-from datasets.labels import has_stress
+from datasets.labels import has_stress, stress_counts
 
 __all__ = ["Diverged", "History", "TrainConfig", "refit_reference_energies", "train"]
 
@@ -109,7 +109,7 @@ class _Target:
     energy: torch.Tensor  # 0-d, eV
     n_atoms: torch.Tensor  # 0-d
     forces: torch.Tensor  # [n, 3] eV/Å
-    stress: torch.Tensor | None  # [3, 3] eV/Å³, ASE sign
+    stress: torch.Tensor | None  # [3, 3] eV/Å³, ASE sign; None: no stress that counts (datasets.labels)
 
 
 def _targets(adapter: Adapter, frames: Sequence[Atoms], with_stress: bool) -> list[_Target]:
@@ -117,7 +117,7 @@ def _targets(adapter: Adapter, frames: Sequence[Atoms], with_stress: bool) -> li
     for a in frames:
         res = a.calc.results
         stress = None
-        if with_stress:
+        if with_stress and stress_counts(a):
             xx, yy, zz, yz, xz, xy = np.asarray(res["stress"])
             stress = adapter.tensor([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
         out.append(_Target(adapter.featurize(a), adapter.tensor(res["energy"]), adapter.tensor(len(a)),
@@ -127,11 +127,14 @@ def _targets(adapter: Adapter, frames: Sequence[Atoms], with_stress: bool) -> li
 
 def _residuals(out: dict[str, torch.Tensor], batch: list[_Target], with_stress: bool) -> dict[str, torch.Tensor]:
     """Energy-per-atom (eV), force (eV/Å) and stress (GPa) errors of a batch's model output,
-    on the output's device (where the targets already are)."""
+    on the output's device (where the targets already are); stress only of the structures
+    whose stress counts (none: no stress term)."""
     errors = {"e": (out["energy"] - torch.stack([t.energy for t in batch])) / torch.stack([t.n_atoms for t in batch]),
               "f": out["forces"] - torch.cat([t.forces for t in batch])}
-    if with_stress:
-        errors["s"] = (out["stress"] - torch.stack([t.stress for t in batch])) / units.GPa
+    keep = [i for i, t in enumerate(batch) if t.stress is not None] if with_stress else []
+    if keep:
+        predicted = out["stress"] if len(keep) == len(batch) else out["stress"][keep]
+        errors["s"] = (predicted - torch.stack([batch[i].stress for i in keep])) / units.GPa
     return errors
 
 
@@ -155,7 +158,7 @@ def _evaluate(adapter: Adapter, data: list[_Target], cfg: TrainConfig, with_stre
     """Validation RMSEs and loss; sums stay on the device until the one transfer at the end."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    step = adapter.predict_batch_size
+    step = adapter.inference_batch_size
     with adapter.no_parameter_grads():
         for start in range(0, len(data), step):
             for k, err in _errors(adapter, data[start : start + step], with_stress).items():
@@ -165,7 +168,7 @@ def _evaluate(adapter: Adapter, data: list[_Target], cfg: TrainConfig, with_stre
     mse = {k: v / counts[k] for k, v in zip(sums, torch.stack(list(sums.values())).cpu().tolist(), strict=True)}
     metrics = {"val_energy_rmse_mev_per_atom": 1000 * math.sqrt(mse["e"]),
                "val_forces_rmse_mev_per_ang": 1000 * math.sqrt(mse["f"])}
-    if with_stress:
+    if with_stress and "s" in mse:
         metrics["val_stress_rmse_gpa"] = math.sqrt(mse["s"])
     weights = _weights(cfg)
     metrics["val_loss"] = sum(weights[k] * v for k, v in mse.items())

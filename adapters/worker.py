@@ -1,7 +1,7 @@
 """Worker process plumbing inside a family's environment (the recipes: ``adapters.jobs``).
 
-    <family-env>/bin/python -m adapters.worker job.json          # one job
-    <family-env>/bin/python -m adapters.worker --serve MODULE    # a fork server
+    <family-env>/bin/python -m adapters.worker job.json          # one job, in a fresh process (GPU runs)
+    <family-env>/bin/python -m adapters.worker --serve MODULE    # a fork server (CPU runs)
 
 A job file (``bench.core.contract.Job``, written by ``bench.runner``) names the spec, the
 data files and the output paths; the worker runs the recipe of the spec's kind and writes
@@ -11,7 +11,7 @@ results; any exception, wherever it happens (describing the environment included
 written as ``failed`` with its traceback: a readable job never ends without a result.
 
 The fork server imports torch and the family's library once (seconds per run saved), then
-reads job paths from stdin, one per line, runs each in a forked child (so a crash, leak or
+reads job and log paths from stdin, one job per line, runs each in a forked child (so a crash, leak or
 OOM kill stays with that run) and answers each with the child's exit code on stdout.
 """
 
@@ -50,8 +50,8 @@ def environment(packages: tuple[str, ...], threads: int, device: str) -> dict:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             continue
-    env = {"packages": versions, "python": platform.python_version(), "threads": threads, "device": device,
-           "cpu": _cpu_name()}
+    env = {"packages": versions, "python": platform.python_version(), "executable": sys.executable,
+           "threads": threads, "device": device, "cpu": _cpu_name()}
     try:
         import torch
 
@@ -125,14 +125,13 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child(job_path: Path) -> None:
+def _child(job_path: Path, log_path: Path) -> None:
     """In the forked child: own log, die with the server, run the job, never return. What
     escapes ``run_file`` (an unreadable job file) is printed to the run's log first."""
     code = 1
     try:
         _die_with_parent()
-        job = json.loads(job_path.read_text())
-        fd = os.open(job["paths"]["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         code = run_file(job_path)
@@ -159,12 +158,13 @@ def serve(adapter: str) -> int:
     for module in adapter_class(adapter).library_modules:
         importlib.import_module(module)
     print("ready", file=answer)
-    for line in sys.stdin:
+    for line in sys.stdin:  # "<job file>\t<log file>"
         sys.stdout.flush()
         sys.stderr.flush()
+        job_path, log_path = line.rstrip("\n").split("\t")
         pid = os.fork()
         if pid == 0:
-            _child(Path(line.strip()))
+            _child(Path(job_path), Path(log_path))
         _, status = os.waitpid(pid, 0)
         print(f"exit {os.waitstatus_to_exitcode(status)}", file=answer)
     return 0
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if args[0] == "--serve":
         return serve(args[1])
+    if os.environ.get("BENCH_PARENT_PID"):  # a fresh process per job: it dies with the orchestrator
+        _die_with_parent()
     return run_file(Path(args[0]))
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,list,report,compare,export}``.
+"""Command line: ``python -m bench {run,check-data,list,report,compare,export,gpu-check}``.
 
 Examples:
     python -m bench run --models all                      # embedded default (preset quick, CPU)
@@ -6,10 +6,12 @@ Examples:
     python -m bench run --models chgnet --sizes 10,50,100 --seeds 0,1 --epochs 20
     python -m bench run --models chgnet --strategies zero-shot,freeze-3 --dataset data.xyz
     python -m bench run --models m3gnet --save-models best --md best
+    python -m bench check-data data.xyz --test-size 200                # what a run would read
     python -m bench list models
     python -m bench report reports/quick
     python -m bench compare reports/baselines/regression reports/regression
     python -m bench export reports/quick best --to models/
+    python -m bench gpu-check --workers 4         # on a GPU machine: correctness and speed, a table
 """
 
 from __future__ import annotations
@@ -26,11 +28,36 @@ from bench.executors import EXECUTORS
 from bench.registry import MODELS, UnknownName
 from bench.store import StoreError
 from datasets.errors import DatasetError
+from datasets.keys import DEFAULT_STRESS_UNIT, MACE, STRESS_UNITS, LabelKeys
 from datasets.splits import parse_size
 
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FAMILY=PATH, e.g. mace=/opt/mace-env/bin/python")
+    return name.strip(), value.strip()
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    """How a user's own file is read (``datasets.keys``) and tested: ``run`` and ``check-data`` alike."""
+    for label, default in (("energy", "the calculator's energy"), ("forces", "the calculator's forces"),
+                           ("stress", "the calculator's stress"), ("group", "info['group']")):
+        parser.add_argument(f"--{label}-key", dest=f"{label}_key",
+                            help=f"key of the {label} in a user's file (default: {default}; "
+                            f"else MACE's {MACE[label]} where only that exists)")
+    parser.add_argument("--stress-unit", dest="stress_unit", choices=tuple(STRESS_UNITS),
+                        help="unit and sign of the stress in a user's file: "
+                        + "; ".join(f"{k}: {text}" for k, (_, text) in STRESS_UNITS.items()) + " (default eV/A3)")
+    parser.add_argument("--test-size", type=int, dest="test_size",
+                        help="at most this many test frames (whole leak groups, fixed seed: the same for every size "
+                        "and seed); catalog datasets keep their canonical test set otherwise")
+    parser.add_argument("--test-file", dest="test_file",
+                        help="a user's own held-out extxyz file as the test set (the dataset file is all pool)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="reference-energy policy (default refit)")
     run.add_argument("--checkpoint", help="foundation checkpoint name or path (one model), or model=PATH,... pairs")
     run.add_argument("--device", help="auto (the GPU when a worker sees one), cpu, cuda or cuda:N")
+    run.add_argument("--python", action="append", metavar="FAMILY=PATH", type=_pair,
+                     help="run a family's workers with an existing interpreter (cluster module, conda env, an "
+                     "offline GPU machine's python) instead of building .venvs/FAMILY; it must import the "
+                     "family's library; also $BENCH_PYTHON_<FAMILY>")
+    run.add_argument("--isolation", choices=("auto", "fork", "process"),
+                     help="auto: fork per run from a server per family on the CPU, a fresh process per run on a "
+                     "GPU (forking after CUDA libraries are imported is unsafe); fork or process force one")
     run.add_argument("--threads", type=int, help="torch threads per worker (default: all cores)")
     run.add_argument("--run-timeout", type=float, dest="run_timeout_s", help="seconds per run")
     run.add_argument("--pool-size", type=int, dest="pool_size",
@@ -93,8 +127,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-time-min", type=int, dest="slurm_time_min", help="time limit per run (minutes)")
     run.add_argument("--slurm-gpus", type=int, dest="slurm_gpus_per_node", help="GPUs per job")
     run.add_argument("--slurm-cpus", type=int, dest="slurm_cpus_per_task", help="CPUs per job (torch threads)")
+    _data_options(run)
     run.add_argument("--out", help="results directory (default reports/<preset>)")
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+
+    check = sub.add_parser("check-data", help="what ftbench will read from a file or catalog dataset, before any run")
+    check.add_argument("dataset", help="an .xyz/.extxyz/.traj file or a registered name")
+    _data_options(check)
+    check.add_argument("--results", type=Path, action="append",
+                       help="results directory whose training records give the time per epoch (repeatable; "
+                       "default: the committed regression baseline)")
 
     lst = sub.add_parser("list", help="list models, datasets or strategies")
     lst.add_argument("what", nargs="?", default="models", choices=["models", "datasets", "strategies", "presets"])
@@ -171,6 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k not in {"command", "dry_run", "preset"}
              and not k.startswith("slurm_")}
+    given["python"] = dict(args.python) if args.python else None
     given["slurm"] = {k.removeprefix("slurm_"): v for k, v in vars(args).items()
                       if k.startswith("slurm_") and v is not None}
     cfg = SweepConfig.from_preset(args.preset, **given)
@@ -190,7 +233,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from bench.check_data import check_data
+
+    keys = LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key, group=args.group_key,
+                     stress_unit=args.stress_unit or DEFAULT_STRESS_UNIT)
+    print("\n".join(check_data(args.dataset, keys=keys, test_size=args.test_size, test_file=args.test_file,
+                               results=args.results)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-check"]:  # its own options: python -m bench gpu-check --help
+        from bench.gpu_check import main as gpu_check
+
+        return gpu_check(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
@@ -199,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             from bench.compare import cmd_compare
 
             return cmd_compare(args)
+        if args.command == "check-data":
+            return cmd_check_data(args)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "report":

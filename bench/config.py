@@ -22,6 +22,9 @@ from bench.core.contract import E0_POLICIES, TrainConfig
 from bench.core.strategies import DEFAULT_STRATEGIES, UnknownName
 from bench.core.util import did_you_mean
 from bench.executors import EXECUTORS
+from bench.registry import MODELS
+from bench.workers import ISOLATIONS
+from datasets.keys import DEFAULT_STRESS_UNIT, STRESS_UNITS, LabelKeys
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -79,12 +82,25 @@ class SweepConfig:
     val_fraction: float = 0.05
     val_size: int | None = None  # hold out at least this many frames instead of a fraction
     pool_size: int | None = None  # use only this many training frames (fractions refer to it)
+    # a user's own file (datasets.keys): where its labels are (None: the default, or MACE's
+    # REF_* names where only those exist), the unit and sign of its stress, its test set
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    group_key: str | None = None
+    stress_unit: str = DEFAULT_STRESS_UNIT
+    test_size: int | None = None  # at most this many test frames (whole leak groups, fixed); catalog data too
+    test_file: str = ""  # a user's own held-out file instead of a split of the dataset file
     checkpoint: str | None = None
     device: str = "auto"  # auto: the GPU when the worker sees one, else the CPU
+    isolation: str = "auto"  # auto: a fork server per family on the CPU, a fresh process per run on a GPU
+    python: dict = field(default_factory=dict)  # family environment -> an existing interpreter (--python)
     threads: int = 0  # 0: all cores of this machine
     run_timeout_s: float = 3600.0
     max_train_time_s: float = 1800.0
     perf_structures: int = 0  # per-model timing job on this many test structures (0: none)
+    perf_batch_sizes: tuple[int, ...] = ()  # ...also predict throughput at these batch sizes
+    perf_train_steps: int = 0  # ...also the shared loop's step vs a minimal loop over this many steps
     properties: str = "all"  # catalog property benchmarks after: all runs | largest (size per strategy) | none
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -121,7 +137,7 @@ class SweepConfig:
         if "sizes_by_strategy" in sweep:
             sweep["sizes_by_strategy"] = {k: tuple(parse_size(str(x)) for x in v)
                                           for k, v in sweep["sizes_by_strategy"].items()}
-        for key in ("strategies", "seeds", "lr_grid", "budget_check"):
+        for key in ("strategies", "seeds", "lr_grid", "budget_check", "perf_batch_sizes"):
             if key in sweep:
                 sweep[key] = tuple(sweep[key])
         if "lr_grid_size" in sweep:
@@ -145,6 +161,12 @@ class SweepConfig:
             raise ValueError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.epochs < 1:
             raise ValueError(f"--epochs {self.epochs}: training needs at least 1 epoch")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"--isolation {self.isolation!r}: use {', '.join(ISOLATIONS)}")
+        unknown_env = sorted(set(self.python) - {m.env for m in MODELS.values()})
+        if unknown_env:
+            raise ValueError(f"--python {unknown_env[0]}=...: no such family environment; known: "
+                             f"{', '.join(sorted({m.env for m in MODELS.values()}))}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: use {', '.join(EXECUTORS)}")
         if self.workers < 1:
@@ -178,6 +200,14 @@ class SweepConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: use {', '.join(SAVE_MODELS)}")
         if self.md != "none" and self.save_models == "none":
             raise ValueError(f"md={self.md}: MD runs on saved models; use --save-models best or all with it")
+        if self.stress_unit not in STRESS_UNITS:
+            raise ValueError(f"stress_unit {self.stress_unit!r}: use {', '.join(STRESS_UNITS)}")
+        if self.test_size is not None and (isinstance(self.test_size, bool) or not isinstance(self.test_size, int)
+                                           or self.test_size < 1):
+            raise ValueError(f"--test-size {self.test_size!r}: a number of test frames, >= 1")
+        if self.test_file and len(self.datasets) != 1:
+            raise ValueError(f"--test-file {self.test_file} is the test set of one dataset file; "
+                             f"--dataset names {len(self.datasets)}")
         if self.properties not in ("all", "largest", "none"):
             raise ValueError(f"properties={self.properties!r}: use all, largest or none")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
@@ -199,6 +229,11 @@ class SweepConfig:
                                  "models use --checkpoint model=PATH[,model=PATH]")
             return self.checkpoint
         return dict(pairs).get(model)
+
+    def label_keys(self) -> LabelKeys:
+        """Where a user's file keeps its labels, as given (unset keys: found by ``datasets.keys``)."""
+        return LabelKeys(energy=self.energy_key, forces=self.forces_key, stress=self.stress_key,
+                         group=self.group_key, stress_unit=self.stress_unit)
 
     def train_config(self, *, soft: bool = False, lr: float | None = None) -> TrainConfig:
         """The shared training loop's settings; ``soft``: with the per-block LR factors."""

@@ -30,9 +30,13 @@ PROBE_MARK = "BENCH-PROBE "
 CORE_PACKAGES = ("torch", "e3nn")
 _PROBE_CODE = """
 import importlib, importlib.metadata as md, json, sys
-modules, names, cuda = json.loads(sys.argv[1])
+modules, names, cuda, adapter = json.loads(sys.argv[1])
 for module in modules:
     importlib.import_module(module)
+if adapter:  # the library itself, not only the adapter module that imports it lazily
+    module, name = adapter.split(":")
+    for library in getattr(importlib.import_module(module), name).library_modules:
+        importlib.import_module(library)
 packages = {}
 for name in names:
     try:
@@ -73,7 +77,8 @@ def env_python(model: ModelInfo) -> Path:
 
 
 def key_packages(model: ModelInfo) -> tuple[str, ...]:
-    return tuple(dict.fromkeys([*CORE_PACKAGES, *model.packages]))
+    """Packages whose versions identify a family environment (those installed are recorded)."""
+    return tuple(dict.fromkeys([*CORE_PACKAGES, *model.packages, *model.accelerators]))
 
 
 def visible_gpus() -> int:
@@ -88,23 +93,37 @@ _probed: dict[tuple, Environment | None] = {}
 _probe_lock = threading.Lock()
 
 
-def probe(model: ModelInfo, python: Path | None = None, *, cuda: bool = False,
+def _probe(model: ModelInfo, python: Path, cuda: bool, libraries: bool,
+           extra: dict[str, str]) -> subprocess.CompletedProcess:
+    modules = [model.adapter.split(":")[0]]
+    args = [modules, list(key_packages(model)), cuda, model.adapter if libraries else None]
+    pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([str(python), "-c", _PROBE_CODE, json.dumps(args)], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": pythonpath, **extra})
+
+
+def _probe_error(model: ModelInfo, python: Path) -> str:
+    proc = _probe(model, python, False, True, {})
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit code {proc.returncode}"
+
+
+def probe(model: ModelInfo, python: Path | None = None, *, cuda: bool = False, libraries: bool = False,
           env: dict[str, str] | None = None) -> Environment | None:
-    """The environment, when its python imports the family's adapter module (None when it
-    does not); ``cuda``: also list the CUDA devices it sees (with ``env``'s variables, e.g. a
-    pool slot's CUDA_VISIBLE_DEVICES). Successful probes are remembered per process."""
+    """The environment, when its python imports the family's adapter module (and, with
+    ``libraries``, the library modules the adapter names) (None when it does not); ``cuda``:
+    also list the CUDA devices it sees (with ``env``'s variables, e.g. a pool slot's
+    CUDA_VISIBLE_DEVICES). Successful probes are remembered per process."""
     python = Path(python or env_python(model))
     extra = dict(env or {})
-    key = (str(python), model.env, cuda, extra.get("CUDA_VISIBLE_DEVICES"))
+    key = (str(python), model.env, cuda, libraries, extra.get("CUDA_VISIBLE_DEVICES"))
     with _probe_lock:
         if key in _probed:
             return _probed[key]
     if not python.exists():
         return None
-    args = [[model.adapter.split(":")[0]], list(key_packages(model)), cuda]
-    proc = subprocess.run([str(python), "-c", _PROBE_CODE, json.dumps(args)], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **extra})
+    proc = _probe(model, python, cuda, libraries, extra)
     line = next((x for x in proc.stdout.splitlines() if x.startswith(PROBE_MARK)), None)
     if proc.returncode != 0 or line is None:
         return None
@@ -116,8 +135,18 @@ def probe(model: ModelInfo, python: Path | None = None, *, cuda: bool = False,
     return found
 
 
-def ensure(model: ModelInfo, *, log=print) -> Environment:
-    """The family's environment, building it first if needed."""
+def given_python(model: ModelInfo) -> str | None:
+    """An interpreter the user supplied for the family: ``--python FAMILY=PATH`` is passed
+    in, ``$BENCH_PYTHON_<ENV>`` (e.g. BENCH_PYTHON_MACE) is the presets' and clusters' way."""
+    return os.environ.get(f"BENCH_PYTHON_{model.env.upper()}")
+
+
+def ensure(model: ModelInfo, *, log=print, python: str | None = None) -> Environment:
+    """The family's environment: the interpreter the user gave (``python``, else
+    ``given_python``), checked and never modified, or the project's own, built first if needed."""
+    python = python or given_python(model)
+    if python:
+        return _existing(model, Path(python))
     root = env_root()
     root.mkdir(parents=True, exist_ok=True)
     with (root / f".{model.env}.lock").open("w") as lock:
@@ -144,3 +173,16 @@ def ensure(model: ModelInfo, *, log=print) -> Environment:
                                         f"{model.adapter}; delete {target} and retry")
         log(f"{model.env} environment ready")
         return found
+
+
+def _existing(model: ModelInfo, python: Path) -> Environment:
+    """An interpreter ftbench did not build (a cluster module, a conda environment, a GPU
+    machine without a package index): it must import the adapter and the family's library
+    (ftbench itself comes from the project directory on PYTHONPATH)."""
+    if not python.exists():
+        raise EnvironmentBuildError(f"--python {model.env}={python}: no such interpreter")
+    found = probe(model, python, libraries=True)
+    if found is None:
+        raise EnvironmentBuildError(f"--python {model.env}={python} cannot import {model.adapter} and "
+                                    f"{', '.join(model.packages)}: {_probe_error(model, python)}")
+    return found

@@ -40,9 +40,9 @@ SLURM_KEYS = {"partition": "slurm_partition", "time_min": "timeout_min", "gpus_p
               "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint"}
 
 
-def in_fresh_slot(job: Callable, run, store_root: Path, threads: int):
+def in_fresh_slot(job: Callable, run, store_root: Path, threads: int, options: dict | None = None):
     """Run one job in a slot of its own (remote engines: one job per process)."""
-    slot = WorkerSlot(store_root, threads)
+    slot = WorkerSlot(store_root, threads, **(options or {}))
     try:
         return job(run, slot)
     finally:
@@ -61,8 +61,8 @@ class Lost:
 class Local:
     live_progress = True
 
-    def __init__(self, store_root: Path, threads: int):
-        self.slots = [WorkerSlot(store_root, threads)]
+    def __init__(self, store_root: Path, threads: int, **options):
+        self.slots = [WorkerSlot(store_root, threads, **options)]
 
     def run(self, runs: list, job: Callable) -> Iterator:
         try:
@@ -78,11 +78,11 @@ _FINISHED = object()  # a pool worker has no more runs
 class Pool:
     live_progress = False  # interleaved epochs of parallel runs would be unreadable
 
-    def __init__(self, store_root: Path, threads: int, workers: int, gpus: int):
+    def __init__(self, store_root: Path, threads: int, workers: int, gpus: int, **options):
         if workers < 1:
             raise ValueError(f"--workers {workers} must be >= 1")
         per = max(1, threads // workers)
-        self.slots = [WorkerSlot(store_root, per, {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else None)
+        self.slots = [WorkerSlot(store_root, per, {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else None, **options)
                       for i in range(workers)]
 
     def run(self, runs: list, job: Callable) -> Iterator:
@@ -118,7 +118,7 @@ class Pool:
 class Submitit:
     live_progress = False
 
-    def __init__(self, store_root: Path, threads: int, cluster: str, slurm: dict, parallel: int):
+    def __init__(self, store_root: Path, threads: int, cluster: str, slurm: dict, parallel: int, **options):
         import submitit  # only this executor needs it
 
         unknown = sorted(set(slurm) - set(SLURM_KEYS))
@@ -134,10 +134,10 @@ class Submitit:
         if cluster == "local":  # the local executor takes only the generic parameters
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         self.executor.update_parameters(**params)
-        self.slots = []
+        self.slots, self.options = [], options
 
     def _submit(self, job: Callable, run):
-        return self.executor.submit(in_fresh_slot, job, run, self.store_root, self.threads)
+        return self.executor.submit(in_fresh_slot, job, run, self.store_root, self.threads, self.options)
 
     def _result(self, submitted, run):
         try:
@@ -172,13 +172,14 @@ class Submitit:
 
 def make_executor(cfg, store_root: Path) -> Local | Pool | Submitit:
     threads = cfg.threads or os.cpu_count() or 1
+    options = {"isolation": cfg.isolation, "pythons": dict(cfg.python)}
     if cfg.executor == "local":
-        return Local(store_root, threads)
+        return Local(store_root, threads, **options)
     if cfg.executor == "pool":
-        return Pool(store_root, threads, cfg.workers, visible_gpus() if cfg.device != "cpu" else 0)
+        return Pool(store_root, threads, cfg.workers, visible_gpus() if cfg.device != "cpu" else 0, **options)
     try:  # slurm or submitit-local (SweepConfig checked the name)
         return Submitit(store_root, threads, "slurm" if cfg.executor == "slurm" else "local",
-                        dict(cfg.slurm), cfg.workers)
+                        dict(cfg.slurm), cfg.workers, **options)
     except (ImportError, RuntimeError) as exc:
         raise ValueError(f"--executor {cfg.executor}: {exc} (submitit is installed with "
                          "`pip install -e .[slurm]`; `--executor submitit-local` runs the same jobs "

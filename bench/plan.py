@@ -32,7 +32,7 @@ from bench.core.contract import (
 )
 from bench.core.strategies import Resolved
 from bench.registry import ModelInfo, get_model, resolve_models, resolve_strategy
-from datasets import Dataset, DatasetError, load_dataset
+from datasets import Dataset, DatasetError, load_dataset, periodicity
 from datasets.splits import Split, plan_split, resolve_size
 
 
@@ -69,7 +69,7 @@ class Plan:
     runs: list[PlannedRun]
     other: Dataset | None = None  # the other domain for replay and forgetting
     waiting: list[str] = field(default_factory=list)  # what is planned once earlier runs have finished
-    notes: list[str] = field(default_factory=list)  # strategies merged because they are the same for a model
+    notes: list[str] = field(default_factory=list)  # strategies merged for a model; how user data was read
 
     def describe(self) -> str:
         return "; ".join(f"{name}: {len(d.pool)} pool / {len(d.test)} test structures"
@@ -77,8 +77,14 @@ class Plan:
 
 
 def _base(model: ModelInfo, checkpoint: str, dataset: Dataset) -> dict:
+    """Spec fields of every run on this dataset; the ones a user's own data adds (keys,
+    test file, test cap, periodicity rule) only where they apply, so other specs keep their id."""
+    user = {"labels": (dataset.labels.given() if dataset.labels else None) or None,
+            "test_sha256": dataset.test_sha256, "test_size": dataset.test_cap,
+            "periodicity": None if dataset.fully_periodic else periodicity.RULE}
     return {"schema_version": SCHEMA_VERSION, "model": model.key, "family": model.family,
-            "checkpoint": checkpoint, "dataset": dataset.name, "dataset_sha256": dataset.sha256}
+            "checkpoint": checkpoint, "dataset": dataset.name, "dataset_sha256": dataset.sha256,
+            **{k: v for k, v in user.items() if v is not None}}
 
 
 def _strategy_fields(cfg: SweepConfig, strategy: Resolved, other: Dataset | None) -> dict:
@@ -206,6 +212,7 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset, o
     runs: list[PlannedRun] = []
     for model in models:
         checkpoint = cfg.checkpoint_for(model.key, len(models)) or model.default_checkpoint
+        _refuse_open_frames(model, checkpoint, dataset)
         base = _base(model, checkpoint, dataset)
         ctx = _Context(cfg, model, base, splits, other, replay_order, chosen.get((dataset.name, model.key), {}))
         resolved = _distinct([resolve_strategy(name, model) for name in cfg.strategies], model, notes)
@@ -215,10 +222,42 @@ def _dataset_runs(cfg: SweepConfig, models: list[ModelInfo], dataset: Dataset, o
         if cfg.surrogate and cfg.surrogate["model"] == model.key:
             mine.append(_surrogate_run(cfg, model, base, splits))
         if cfg.perf_structures:  # last: by then the background environment builds are done
-            mine.append(PlannedRun(PerfSpec(**base, n_structures=min(cfg.perf_structures, len(dataset.test))),
-                                   model))
+            mine.append(PlannedRun(PerfSpec(**base, n_structures=min(cfg.perf_structures, len(dataset.test)),
+                                            batch_sizes=tuple(cfg.perf_batch_sizes),
+                                            train_steps=cfg.perf_train_steps), model))
         runs += sorted(mine, key=_longest_first)
     return runs
+
+
+def _refuse_open_frames(model: ModelInfo, checkpoint: str, dataset: Dataset) -> None:
+    """Refuse, before any run, a frame open along an axis that this model cannot see as
+    periodic (``datasets.periodicity``), where the checkpoint's cutoff is known without
+    loading it; other checkpoints' workers refuse the same frames when they load."""
+    info = model.checkpoint_info(checkpoint)
+    if info is None or dataset.fully_periodic:
+        return
+    for atoms in dataset.pool + dataset.test:
+        decided = periodicity.verdict(atoms, info.cutoff)
+        if decided.action == "refused":
+            raise periodicity.PeriodicityError(f"{model.key} ({checkpoint}, cutoff {info.cutoff:g} Å): "
+                                               f"{periodicity.where(atoms)}: field 'pbc': {decided.reason}")
+
+
+def _data_notes(dataset: Dataset) -> list[str]:
+    """What a user's own data was read as, and what became of its test set and open frames."""
+    notes = []
+    if dataset.labels is not None:
+        notes.append(f"{dataset.name}: labels read as {dataset.labels.describe()}")
+    if dataset.test_cap:
+        notes.append(f"{dataset.name}: test set capped to {len(dataset.test)} of {dataset.n_test_full} frames "
+                     f"(--test-size {dataset.test_cap}; whole leak groups, the same for every size and seed)")
+    frames = dataset.pool + dataset.test
+    open_frames = sum(not a.pbc.all() for a in frames)
+    if open_frames:
+        notes.append(f"{dataset.name}: {open_frames} of {len(frames)} frames are not periodic along every axis: "
+                     "each model sees them periodic (their gap exceeds its cutoff) or in an added cell (no cell), "
+                     "and their stress is neither trained on nor scored")
+    return notes
 
 
 def _longest_first(run: PlannedRun) -> tuple:
@@ -229,12 +268,13 @@ def _longest_first(run: PlannedRun) -> tuple:
     return rank, -getattr(spec, "train_size", 0)
 
 
-def load_datasets(names: tuple[str, ...]) -> dict[str, Dataset]:
-    """Each dataset once, by name; two different files with one name are refused."""
+def load_datasets(names: tuple[str, ...], **options) -> dict[str, Dataset]:
+    """Each dataset once, by name (``options``: keys, test_size, test_file of ``load_dataset``);
+    two different files with one name are refused."""
     datasets: dict[str, Dataset] = {}
     sources: dict[str, str] = {}
     for given in names:
-        dataset = load_dataset(given)
+        dataset = load_dataset(given, **options)
         seen = datasets.get(dataset.name)
         if seen is not None and seen.sha256 != dataset.sha256:
             raise DatasetError(f"two datasets are named {dataset.name!r}: {sources[dataset.name]} and {given} "
@@ -249,7 +289,8 @@ def make_plan(cfg: SweepConfig, chosen_lr: dict | None = None) -> Plan:
     rate its grid chose (``bench.lr_grid``); strategies still without one get their grid
     runs now and their curves later (``Plan.waiting``)."""
     models = resolve_models(cfg.models)
-    datasets = load_datasets(cfg.datasets)
+    datasets = load_datasets(cfg.datasets, keys=cfg.label_keys(), test_size=cfg.test_size,
+                             test_file=cfg.test_file or None)
     other = load_dataset(cfg.replay_dataset) if cfg.replay_dataset else None
     if cfg.surrogate:  # a misspelt teacher fails here; one outside --models just has no job
         get_model(cfg.surrogate["model"])
@@ -257,6 +298,7 @@ def make_plan(cfg: SweepConfig, chosen_lr: dict | None = None) -> Plan:
     notes: list[str] = []
     runs = [_saving(cfg, run) for d in datasets.values()
             for run in _dataset_runs(cfg, models, d, other, chosen_lr or {}, waiting, notes)]
+    notes += [note for d in datasets.values() for note in _data_notes(d)]
     return Plan(cfg, datasets, runs, other, waiting, list(dict.fromkeys(notes)))
 
 

@@ -57,6 +57,7 @@ from bench.store import Store
 from bench.targets import SWEEP_LOG
 from bench.workers import (
     ForkServer,
+    FreshProcesses,
     Placement,
     WorkerLost,
     WorkerSlot,
@@ -141,9 +142,9 @@ def _job(run: PlannedRun, placement: Placement, threads: int, data: dict, store:
                               predictions=str(store.root / "predictions" / f"{rid}.npz")))
 
 
-def run_worker(run: PlannedRun, placement: Placement, server: ForkServer, threads: int, data: dict, store: Store,
-               cfg: SweepConfig, on_epoch=None) -> tuple[Record, Result | None]:
-    """Run one spec in a forked worker and turn whatever happens into a record; also returns
+def run_worker(run: PlannedRun, placement: Placement, server: ForkServer | FreshProcesses, threads: int, data: dict,
+               store: Store, cfg: SweepConfig, on_epoch=None) -> tuple[Record, Result | None]:
+    """Run one spec in a worker process and turn whatever happens into a record; also returns
     the worker's result, if it wrote one."""
     started = now()
     attempt = f"{run_id(run.spec, placement.runtime)}-{os.getpid()}-{time.time_ns()}"
@@ -164,7 +165,7 @@ def run_worker(run: PlannedRun, placement: Placement, server: ForkServer, thread
 
     failure = None
     try:
-        server.submit(job_path)
+        server.submit(job_path, log_path)
         code = server.wait(cfg.run_timeout_s, tick)
         failure = None if code == 0 or result_path.exists() else describe_exit(code)
     except (WorkerTimeout, WorkerLost, BrokenPipeError) as exc:
@@ -232,7 +233,7 @@ def _summary(record: Record) -> str:
 
 
 def _data_files(dataset: Dataset, store: Store) -> dict[str, str]:
-    data_dir = store.root / "data" / f"{dataset.name}-{dataset.sha256[:12]}"
+    data_dir = store.root / "data" / f"{dataset.name}-{dataset.variant}"  # other keys or test set: other files
     data = {"pool": str(data_dir / "pool.xyz"), "test": str(data_dir / "test.xyz")}
     _write_frames(Path(data["pool"]), dataset.pool)
     _write_frames(Path(data["test"]), dataset.test)
@@ -292,8 +293,8 @@ def run_planned(run: PlannedRun, slot: WorkerSlot, *, data: dict, store: Store, 
         elif placement.problem:
             record = _verdict(run, placement.runtime, "failed", placement.problem, started)
         else:
-            record, result = run_worker(run, placement, slot.server(run.model), slot.threads, data, store, cfg,
-                                        on_epoch)
+            record, result = run_worker(run, placement, slot.server(run.model, placement), slot.threads, data, store,
+                                        cfg, on_epoch)
             if result is not None and result.skip_scope:
                 known_skips[(run.model.key, run.spec.checkpoint, result.skip_scope)] = record.reason
         derived = _derived_records(run, record, result)
@@ -312,7 +313,7 @@ def execute(plan: Plan, store: Store) -> dict[str, float]:
     progress = Progress(len(plan.runs))
     executor = make_executor(plan.config, store.root)
     if plan.config.executor in ("local", "pool"):
-        _prepare_environments([run.model for run in plan.runs[1:]])
+        _prepare_environments([run.model for run in plan.runs[1:]], plan.config.python)
     job = functools.partial(run_planned, data=data, store=store, cfg=plan.config, known_skips={},
                             on_epoch=progress.epoch if executor.live_progress else None)
     if executor.live_progress:
@@ -343,7 +344,7 @@ def execute(plan: Plan, store: Store) -> dict[str, float]:
     return counts
 
 
-def _prepare_environments(models: list[ModelInfo]) -> None:
+def _prepare_environments(models: list[ModelInfo], pythons: dict[str, str]) -> None:
     """Check (or build) the environments later runs need, one at a time in the background,
     while the first family runs: building is mostly pip I/O. ``envs.ensure`` holds a lock
     per environment, so a slot that needs one meanwhile waits for it; a failure is left to
@@ -354,7 +355,7 @@ def _prepare_environments(models: list[ModelInfo]) -> None:
     def build() -> None:
         for env in order:
             try:
-                envs.ensure(by_env[env], log=log_to_stderr)
+                envs.ensure(by_env[env], log=log_to_stderr, python=pythons.get(env))
             except envs.EnvironmentBuildError:
                 continue
 

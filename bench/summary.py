@@ -73,6 +73,16 @@ def _best(curves: dict, mk: tuple) -> dict[int, tuple[hl.CurveKey, hl.Point]]:
     return best
 
 
+def _capped(curves: dict, dataset: str) -> str:
+    """The caveat for published numbers when this sweep's test set was capped (--test-size)."""
+    caps = {r.spec.test_size for key, points in curves.items() if key.dataset == dataset
+            for p in points for r in p.records if r.spec.test_size}
+    if not caps:
+        return ""
+    return (f" The published potentials were measured on the full test set; this sweep's was capped to at most "
+            f"{', '.join(str(c) for c in sorted(caps))} frames (--test-size), so the two are not on the same frames.")
+
+
 def summarise(h: hl.Headline, curves: dict, labels: dict) -> tuple[list[str], tuple[list[str], list[list[str]]]]:
     """Paragraphs answering the sweep's question, and a table of the best strategy per size."""
     paragraphs: list[str] = []
@@ -117,7 +127,8 @@ def summarise(h: hl.Headline, curves: dict, labels: dict) -> tuple[list[str], tu
                     here.append(f"{mk[1]} {labels[key]} on {_size(p)}: E {_pm(p, ENERGY_MAE)} meV/atom, "
                                 f"F {_pm(p, FORCES_MAE, 0)} meV/Å")
             lines.append(f"Published potentials trained on the whole training set, test MAE ({source}): {pub}. "
-                         f"Best here at the largest size, test MAE: " + ("; ".join(here) or "none") + ".")
+                         f"Best here at the largest size, test MAE: " + ("; ".join(here) or "none") + "."
+                         + _capped(curves, dataset))
         paragraphs += lines
     paragraphs.append(RULES)
     header = ["dataset", "model", "training size", "best strategy (lowest test F RMSE)", "F RMSE (meV/Å)",

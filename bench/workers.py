@@ -10,7 +10,7 @@ all die with the orchestrator (the server sets PR_SET_PDEATHSIG itself, see
 
 Example:
     >>> server = ForkServer(python, "adapters.chgnet_adapter:CHGNetAdapter", log_path, env)
-    >>> server.submit(job_path); code = server.wait(timeout_s=3600, tick=lambda: None)
+    >>> server.submit(job_path, log_path); code = server.wait(timeout_s=3600, tick=lambda: None)
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ def describe_exit(code: int) -> str:
     return f"worker exited with code {code}"
 
 
+def _pythonpath() -> str:
+    """The project first (an interpreter given with --python has no ftbench installed), then
+    whatever the caller's environment adds (e.g. a wrapper's own package directories)."""
+    return os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 class WorkerTimeout(RuntimeError):
     """The job ran past its time limit; the server's process group was killed."""
 
@@ -59,8 +65,8 @@ class ForkServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def submit(self, job_path: Path) -> None:
-        self.proc.stdin.write(f"{job_path}\n")
+    def submit(self, job_path: Path, log_path: Path) -> None:
+        self.proc.stdin.write(f"{job_path}\t{log_path}\n")
         self.proc.stdin.flush()
 
     def wait(self, timeout_s: float, tick) -> int:
@@ -94,6 +100,49 @@ class ForkServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class FreshProcesses:
+    """A fresh ``python -m adapters.worker job.json`` process per job, with ForkServer's
+    interface. Used for GPU runs: a server that has imported a CUDA library (and may have
+    initialised CUDA or started threads doing so) is not safe to fork for CUDA work. It pays
+    the imports once per run, which a GPU run's length dwarfs."""
+
+    def __init__(self, python: Path, env: dict[str, str]):
+        self.python, self.env = python, env
+        self.proc: subprocess.Popen | None = None
+
+    alive = True  # nothing persists between jobs
+
+    def submit(self, job_path: Path, log_path: Path) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen([str(self.python), "-m", "adapters.worker", str(job_path)], cwd=PROJECT_ROOT,
+                                         env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+
+    def wait(self, timeout_s: float, tick) -> int:
+        """The job's exit code; calls ``tick()`` every half second while it runs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                tick()
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise WorkerTimeout(f"timed out after {timeout_s:.0f} s") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+
+
+ISOLATIONS = ("auto", "fork", "process")
 
 
 def log_to_stderr(msg: str) -> None:
@@ -132,13 +181,20 @@ def place(environment: envs.Environment, model: ModelInfo, device: str, visible:
 
 
 class WorkerSlot:
-    """One worker's fork servers (one per family environment, started on first use and
-    restarted when lost), its torch threads and extra environment (e.g. its GPU)."""
+    """One worker's processes (per family environment a fork server, started on first use
+    and restarted when lost, or a fresh process per job), its torch threads and extra
+    environment (e.g. its GPU). ``isolation``: ``auto`` forks from a server on the CPU
+    (imports paid once per family) and starts a fresh process per job on a GPU; ``fork``
+    and ``process`` force one or the other."""
 
-    def __init__(self, store_root: Path, threads: int, env: dict[str, str] | None = None):
+    def __init__(self, store_root: Path, threads: int, env: dict[str, str] | None = None,
+                 isolation: str = "auto", pythons: dict[str, str] | None = None):
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation {isolation!r} not in {ISOLATIONS}")
         self.store_root, self.threads, self.env = Path(store_root), threads, env or {}
+        self.isolation, self.pythons = isolation, dict(pythons or {})
         self.environments: dict[str, envs.Environment | Exception] = {}
-        self.servers: dict[str, ForkServer] = {}
+        self.servers: dict[str, ForkServer | FreshProcesses] = {}
         self.env_setup_s = 0.0  # checking (and building) environments
 
     def placement(self, model: ModelInfo, device: str) -> Placement | Exception:
@@ -146,7 +202,7 @@ class WorkerSlot:
         if model.env not in self.environments:
             t0 = time.perf_counter()
             try:
-                found = envs.ensure(model, log=log_to_stderr)
+                found = envs.ensure(model, log=log_to_stderr, python=self.pythons.get(model.env))
                 if device != "cpu" and envs.visible_gpus():
                     found = envs.probe(model, found.python, cuda=True, env=self.env) or found
                 self.environments[model.env] = found
@@ -158,15 +214,21 @@ class WorkerSlot:
             return found
         return place(found, model, device, self.env.get("CUDA_VISIBLE_DEVICES"))
 
-    def server(self, model: ModelInfo) -> ForkServer:
-        """The family's fork server in this slot (after ``placement`` found its environment)."""
-        server = self.servers.get(model.env)
+    def server(self, model: ModelInfo, placement: Placement) -> ForkServer | FreshProcesses:
+        """What runs the family's jobs in this slot (after ``placement`` found its environment)."""
+        fresh = self.isolation == "process" or (self.isolation == "auto" and placement.runtime.on_gpu)
+        key = f"{model.env}:{'fresh' if fresh else 'fork'}"
+        server = self.servers.get(key)
         if server is None or not server.alive:
-            env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(self.threads),
+            python = self.environments[model.env].python
+            env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": str(self.threads),
                    "PYTHONUNBUFFERED": "1", "BENCH_PARENT_PID": str(os.getpid()), **self.env}
-            log = self.store_root / "logs" / f"server-{model.env}-{os.getpid()}-{id(self)}.log"
-            server = ForkServer(self.environments[model.env].python, model.adapter, log, env)
-            self.servers[model.env] = server
+            if fresh:
+                server = FreshProcesses(python, env)
+            else:
+                log = self.store_root / "logs" / f"server-{model.env}-{os.getpid()}-{id(self)}.log"
+                server = ForkServer(python, model.adapter, log, env)
+            self.servers[key] = server
         return server
 
     def close(self) -> None:

@@ -8,7 +8,9 @@ Example:
 Every frame is an ``ase.Atoms`` with a SinglePointCalculator holding ``energy`` (eV),
 ``forces`` (eV/Å) and, where the source has it, ``stress`` (eV/Å³, ASE sign and Voigt
 order xx, yy, zz, yz, xz, xy). ``atoms.info`` carries ``group`` (for per-group metrics),
-``leak_group`` (frames that must stay on one side of a split) and ``source``.
+``leak_group`` (frames that must stay on one side of a split) and ``source``. A user's file
+is read with the keys of ``datasets.keys``; frames open along an axis keep their ``pbc``, and
+each model sees them through ``datasets.periodicity``.
 """
 
 from datasets.errors import DatasetError

@@ -31,7 +31,9 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
+from datasets import keys as label_keys
 from datasets.errors import DatasetError
+from datasets.keys import LabelKeys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -267,14 +269,23 @@ def _first_bad_frame(path: Path) -> str:
     return ""
 
 
-def read_ase_file(path: Path, *, leak_per_file: bool = False, stress: str = "ase") -> list[Atoms]:
-    """Any file ASE reads with labels (extxyz, traj).
+def read_ase_file(path: Path, *, leak_per_file: bool = False, stress: str = "ase",
+                  keys: LabelKeys | None = None) -> list[Atoms]:
+    """Any file ASE reads with labels (extxyz, traj); see ``read_labelled``."""
+    return read_labelled(path, leak_per_file=leak_per_file, stress=stress, keys=keys)[0]
 
-    Stress, if present, must already be in ASE units and sign (eV/Å³; convention ``ase``,
-    the only one accepted here); extxyz written by ASE is. ``info['group']`` names groups
-    (default: the file stem); ``info['leak_group']`` keeps correlated frames on one side of
-    a split (default: one per frame, or one per file with ``leak_per_file``, as for
-    relaxation trajectories).
+
+def read_labelled(path: Path, *, leak_per_file: bool = False, stress: str = "ase",
+                  keys: LabelKeys | None = None) -> tuple[list[Atoms], LabelKeys]:
+    """Frames of any file ASE reads with labels (extxyz, traj), and the keys they were read with.
+
+    Labels come from where ``keys`` says (``datasets.keys``: by default the calculator's
+    results, or MACE's ``REF_*`` names where a file has only those); stress, if present, is
+    converted from ``keys.stress_unit`` to ASE units and sign (eV/Å³). ``stress`` is the
+    catalog's convention name, and for ASE files only ``ase`` is accepted. The group comes
+    from ``keys.group`` (default ``info['group']``, else the file stem); ``info['leak_group']``
+    keeps correlated frames on one side of a split (default: one per frame, or one per file
+    with ``leak_per_file``, as for relaxation trajectories).
     """
     from ase.io import read
 
@@ -291,33 +302,27 @@ def read_ase_file(path: Path, *, leak_per_file: bool = False, stress: str = "ase
         raise DatasetError(f"{path}: cannot be read by ASE: {detail}; the file is truncated or corrupt") from exc
     if not images:
         raise DatasetError(f"{path}: contains no frames")
+    keys = label_keys.resolve(images, keys or LabelKeys())
     frames = []
     for i, atoms in enumerate(images):
         where = f"{path.name}[{i}]"
-        calc = atoms.calc
-        results = dict(calc.results) if calc is not None else {}
-        energy = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
-        forces = results.get("forces", atoms.arrays.get("forces"))
-        stress = results.get("stress", atoms.info.get("stress"))
-        if stress is not None:
-            stress = _numeric(stress, "stress", where)
-            if stress.shape == (3, 3):
-                stress = stress.ravel()[[0, 4, 8, 5, 2, 1]]
+        raw_stress = label_keys.value(atoms, "stress", keys, where)
+        group = label_keys.value(atoms, "group", keys, where)
         clean = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         frames.append(
             labelled(
                 clean,
-                energy=energy,
-                forces=forces,
-                stress=stress,
+                energy=label_keys.value(atoms, "energy", keys, where),
+                forces=label_keys.value(atoms, "forces", keys, where),
+                stress=label_keys.stress_in_ase_units(raw_stress, keys, partial(_numeric, field="stress", where=where)),
                 where=where,
-                group=str(atoms.info.get("group", path.stem)),
+                group=str(group if group is not None else path.stem),
                 leak_group=str(
                     atoms.info.get("leak_group", path.stem if leak_per_file else f"{path.stem}/{i}")
                 ),
             )
         )
-    return frames
+    return frames, keys
 
 
 # format -> reader(path, *, stress=convention name)

@@ -20,8 +20,9 @@ from ase import Atoms
 
 from bench import PROJECT_ROOT
 from bench.core.util import did_you_mean
-from datasets.converters import READERS, stress_convention
+from datasets.converters import READERS, read_labelled, stress_convention
 from datasets.errors import DatasetError
+from datasets.keys import LabelKeys
 from datasets.labels import has_stress
 
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
@@ -122,13 +123,21 @@ def check_entry(name: str, entry: dict) -> None:
 
 @dataclass
 class Dataset:
-    """Converted frames, split into a training pool and a fixed test set."""
+    """Converted frames, split into a training pool and a fixed test set.
+
+    ``labels``: the keys a user's file was read with (``datasets.keys``; None for a catalog
+    dataset, read by its own converter). ``test_sha256``: a user's own test file. ``test_cap``:
+    the test set was capped to at most this many frames of ``n_test_full`` (``--test-size``)."""
 
     name: str
     sha256: str
     pool: list[Atoms]
     test: list[Atoms]
     info: dict = field(default_factory=dict)
+    labels: LabelKeys | None = None
+    test_sha256: str | None = None
+    test_cap: int | None = None
+    n_test_full: int = 0
 
     @property
     def elements(self) -> list[str]:
@@ -138,12 +147,30 @@ class Dataset:
     def has_stress(self) -> bool:
         return has_stress(self.pool + self.test)
 
+    @property
+    def fully_periodic(self) -> bool:
+        """Every frame is periodic along all three axes (as every catalog dataset is)."""
+        return all(a.pbc.all() for a in self.pool + self.test)
+
+    @property
+    def variant(self) -> str:
+        """The data's identity as written for workers: the file's sha256 prefix, plus a digest
+        of the choices that change the frames (keys, test file, test cap) where there are any."""
+        choices = {"labels": self.labels.given() if self.labels else {}, "test_sha256": self.test_sha256,
+                   "test_cap": self.test_cap}
+        if not any(choices.values()):
+            return self.sha256[:12]
+        return f"{self.sha256[:12]}-{hashlib.sha256(repr(sorted(choices.items())).encode()).hexdigest()[:8]}"
+
+
+TEST_SEED = 20250221  # the test set never depends on run seeds
+
 
 def _split_test(frames: list[Atoms], how: str, fraction: float) -> tuple[list[Atoms], list[Atoms]]:
     """Fixed (seed-independent) test split: by frame or by leak group."""
     keys = [a.info["leak_group"] for a in frames] if how == "groups" else list(range(len(frames)))
     unique = sorted(set(keys), key=str)
-    rng = np.random.default_rng(20250221)  # fixed: the test set never depends on run seeds
+    rng = np.random.default_rng(TEST_SEED)
     n_test = max(1, round(fraction * len(unique)))
     if n_test >= len(unique):
         raise DatasetError(f"cannot hold out {n_test} of {len(unique)} groups as a test set")
@@ -154,24 +181,84 @@ def _split_test(frames: list[Atoms], how: str, fraction: float) -> tuple[list[At
     return pool, test
 
 
-def load_dataset(name_or_path: str, *, test_fraction: float = 0.2) -> Dataset:
-    """Load a registered dataset by name, or any labelled extxyz/traj file by path."""
+def cap_test(test: list[Atoms], size: int) -> list[Atoms]:
+    """At most ``size`` frames of a test set, whole leak groups in a fixed order (the same for
+    every training size, seed and sweep), in their original order; the set itself if smaller."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DatasetError(f"test size {size!r} must be a count >= 1")
+    if len(test) <= size:
+        return test
+    members: dict[str, list[int]] = {}
+    for i, a in enumerate(test):
+        members.setdefault(a.info["leak_group"], []).append(i)
+    groups = sorted(members, key=str)
+    kept: list[int] = []
+    for g in (groups[i] for i in np.random.default_rng(TEST_SEED).permutation(len(groups))):
+        if len(kept) + len(members[g]) <= size:
+            kept += members[g]
+        if len(kept) == size:
+            break
+    if not kept:
+        raise DatasetError(f"test size {size} is impossible: the smallest leak group of the test set has "
+                           f"{min(len(m) for m in members.values())} frames, and groups are kept whole")
+    return [test[i] for i in sorted(kept)]
+
+
+def _user_file(path: Path, keys: LabelKeys | None, test_fraction: float,
+               test_file: str | None) -> tuple[list[Atoms], list[Atoms], LabelKeys, str | None]:
+    """Pool, test set, the keys used, and the test file's sha256 of a user's own file."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found")
+    frames, used = read_labelled(path, keys=keys)
+    if test_file is None:
+        how = "groups" if len({a.info["leak_group"] for a in frames}) > 1 else "random"
+        return *_split_test(frames, how, test_fraction), used, None
+    test_path = Path(test_file)
+    if not test_path.is_file():
+        raise DatasetError(f"{test_path}: test file not found")
+    test, test_used = read_labelled(test_path, keys=used)
+    if test_used != used:
+        raise DatasetError(f"{test_path}: its labels are under other keys ({test_used.describe()}) than "
+                           f"{path.name}'s ({used.describe()}); name them with --energy-key and the like")
+    return frames, test, used, sha256_of(test_path)
+
+
+def load_dataset(name_or_path: str, *, test_fraction: float = 0.2, keys: LabelKeys | None = None,
+                 test_size: int | None = None, test_file: str | None = None) -> Dataset:
+    """Load a registered dataset by name, or any labelled extxyz/traj file by path.
+
+    A user's file is read with ``keys`` (default: auto, ``datasets.keys``) and split into a
+    pool and a test set (``test_fraction`` of its leak groups), or is all pool when
+    ``test_file`` holds the test set. A catalog dataset keeps its canonical split. Either
+    test set is capped to ``test_size`` frames where given (``cap_test``)."""
     path = Path(name_or_path)
     if name_or_path not in catalog() and path.suffix in {".xyz", ".extxyz", ".traj"}:
-        if not path.is_file():
-            raise DatasetError(f"{path}: dataset file not found")
-        frames = READERS["extxyz"](path)
-        how = "groups" if len({a.info["leak_group"] for a in frames}) > 1 else "random"
-        pool, test = _split_test(frames, how, test_fraction)
-        return Dataset(path.stem, sha256_of(path), pool, test, {"source": str(path.resolve())})
-    if name_or_path not in catalog():
+        pool, test, used, test_sha = _user_file(path, keys, test_fraction, test_file)
+        dataset = Dataset(path.stem, sha256_of(path), pool, test, {"source": str(path.resolve())},
+                          labels=used, test_sha256=test_sha)
+    elif name_or_path not in catalog():
         raise DatasetError(
             f"unknown dataset {name_or_path!r}; registered: {', '.join(DATASETS)}, "
             f"or a path to an .xyz/.extxyz/.traj file.{did_you_mean(name_or_path, DATASETS)}"
         )
-    entry = catalog()[name_or_path]
-    check_entry(name_or_path, entry)
-    root = locate(name_or_path, entry)
+    else:
+        given = {**(keys.given() if keys else {}), **({"test_file": test_file} if test_file else {})}
+        if given:
+            raise DatasetError(f"dataset {name_or_path!r} is read by its catalog converter with its canonical "
+                               f"test set; {sorted(given)} apply to your own files only (--test-size caps it)")
+        dataset = _catalog_dataset(name_or_path, test_fraction)
+    dataset.n_test_full = len(dataset.test)
+    if test_size is not None:
+        capped = cap_test(dataset.test, test_size)
+        if len(capped) < len(dataset.test):
+            dataset.test, dataset.test_cap = capped, test_size
+    return dataset
+
+
+def _catalog_dataset(name: str, test_fraction: float) -> Dataset:
+    entry = catalog()[name]
+    check_entry(name, entry)
+    root = locate(name, entry)
     reader = READERS[entry["format"]]
     test_files = set(entry.get("test_files", []))
     pool, test = [], []
@@ -182,4 +269,4 @@ def load_dataset(name_or_path: str, *, test_fraction: float = 0.2) -> Dataset:
         pool, test = _split_test(pool, entry["split"], entry.get("test_fraction", test_fraction))
     combined = hashlib.sha256("".join(sorted(f["sha256"] for f in entry["files"])).encode())
     info = {k: entry[k] for k in ("description", "repo", "commit", "licence", "citation")}
-    return Dataset(name_or_path, combined.hexdigest(), pool, test, info | {"mirror": str(root)})
+    return Dataset(name, combined.hexdigest(), pool, test, info | {"mirror": str(root)})

@@ -21,7 +21,8 @@ HEAVY = ("torch", "chgnet", "mace", "matgl", "sevenn", "e3nn", "pymatgen")
 
 def test_orchestrator_imports_no_model_library_or_torch():
     code = (
-        "import sys, bench.cli, bench.runner, bench.report, bench.envs, bench.compare, bench.api\n"
+        "import sys, bench.cli, bench.runner, bench.report, bench.envs, bench.compare, bench.api, bench.gpu_check\n"
+        "import bench.check_data, bench.summary, bench.validity, bench.lr_grid, bench.saved, bench.saved_report\n"
         "from bench.plan import make_plan\nfrom bench.config import SweepConfig\n"
         "plan = make_plan(SweepConfig.from_preset('quick'))\n"
         "bench.cli.main(['list', 'models'])\n"

@@ -198,6 +198,54 @@ def test_elements_a_foundation_does_not_cover_skip_that_family_with_the_list(tmp
     assert "does not cover: Rn" in (out / "report.md").read_text()
 
 
+def test_own_slabs_clusters_and_mace_keys_run_end_to_end_with_a_capped_test_set(tmp_path):
+    """Issue 15's cases through a real M3GNet worker: Cu(111) slabs (pbc [T, T, F]), Cu4
+    clusters without a cell and bulk cells, labelled by EMT under MACE's keys, test set capped:
+    every run ok, the keys and the cap in every spec, stress scored on the bulk cells only."""
+    from ase import Atoms
+    from ase.build import bulk, fcc111
+    from ase.calculators.emt import EMT
+    from ase.io import write
+
+    frames = []
+    for i in range(18):
+        if i % 3 == 0:
+            atoms = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+            del atoms.info["adsorbate_info"]
+        elif i % 3 == 1:
+            atoms = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.1, 0], [1.25, 0.7, 2.0]])
+        else:
+            atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.05, seed=i)
+        atoms.calc = EMT()
+        atoms.info.update(REF_energy=atoms.get_potential_energy(), config_type=["slab", "cluster", "bulk"][i % 3])
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        if atoms.pbc.all():
+            atoms.info["REF_stress"] = atoms.get_stress(voigt=False)
+        atoms.calc = None
+        frames.append(atoms)
+    path = tmp_path / "own.xyz"
+    write(path, frames, format="extxyz")
+    out = tmp_path / "res"
+    run = bench("run", *TINY, "--models", "m3gnet", "--threads", "1", "--dataset", str(path), "--strategies",
+                "zero-shot,freeze-interactions", "--sizes", "3", "--test-size", "3", "--pool-size", "0",
+                "--out", str(out))
+    assert "labels read as energy: info[REF_energy] (MACE convention)" in run.stderr
+    assert "test set capped to 3 of 4 frames" in run.stderr
+    recs = records(out)
+    assert [r["status"] for r in recs.values()] == ["ok", "ok"], [r["reason"] for r in recs.values()]
+    for rec in recs.values():
+        spec = rec["spec"]
+        assert spec["labels"] == {"energy": "REF_energy", "forces": "REF_forces", "stress": "REF_stress",
+                                  "group": "config_type"}
+        assert spec["test_size"] == 3 and spec["periodicity"] and rec["metrics"]["n_structures"] == 3
+        groups = rec["metrics"]["per_group"]
+        assert set(groups) == {"slab", "cluster", "bulk"}  # the capped test set (fixed) holds each kind
+        assert groups["slab"]["stress_rmse_gpa"] is groups["cluster"]["stress_rmse_gpa"] is None
+        assert groups["bulk"]["stress_rmse_gpa"] == rec["metrics"]["stress_rmse_gpa"] > 0
+        assert rec["metrics"]["forces_rmse_mev_per_ang"] < 300  # EMT vs M3GNet, not a molecule-sized error
+
+
 EXTRAS = """
 [sweep]
 models = "m3gnet"

@@ -16,6 +16,7 @@ from adapters import lora as lora_ops
 from adapters.base import CheckpointUnavailable, UnsupportedElements
 from adapters.jobs.common import Skipped, adapter_class
 from adapters.training import refit_reference_energies
+from datasets.periodicity import PeriodicityError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,21 +29,31 @@ if TYPE_CHECKING:
 
 def load(job: Job, *, init: str = "foundation", covers: Sequence[Atoms] = (), also_covers: Sequence[Atoms] = (),
          seed: int = 0) -> Adapter:
-    """The job's model loaded on its device; Skipped when its checkpoint cannot be had or it
-    lacks elements of ``covers`` (the run's data) or ``also_covers`` (another domain's)."""
+    """The job's model loaded on its device; Skipped when its checkpoint cannot be had, it
+    lacks elements of ``covers`` (the run's data) or ``also_covers`` (another domain's), or
+    a frame of ``covers`` cannot be made periodic for its cutoff (``Adapter.periodic``)."""
     adapter = adapter_class(job.adapter)(job.spec.checkpoint, device=job.device, seed=seed)
     try:
         adapter.load(scratch=init == "random")
         adapter.check_elements(covers)
+        for atoms in covers:
+            adapter.periodic(atoms)
     except CheckpointUnavailable as exc:
         raise Skipped(str(exc), "checkpoint") from exc
     except UnsupportedElements as exc:
         raise Skipped(str(exc), "model") from exc
+    except PeriodicityError as exc:
+        raise Skipped(f"{adapter.family} ({adapter.checkpoint}, cutoff {adapter.cutoff:g} Å): {exc}", "model") from exc
     try:
         adapter.check_elements(also_covers)
     except UnsupportedElements as exc:
         raise Skipped(f"replay/forgetting dataset: {exc}") from exc
     return adapter
+
+
+def accelerator(adapter: Adapter) -> str | None:
+    """What the record says of accelerated kernels: on a GPU their name or "none"; on a CPU nothing."""
+    return (adapter.accelerator_ or "none") if adapter.on_gpu else None
 
 
 def adapt(adapter: Adapter, *, freeze_k: int, e0_policy: str, lora: LoraSettings | None,

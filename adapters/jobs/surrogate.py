@@ -48,7 +48,8 @@ def run(job: Job, progress: Callable[[dict], None]) -> Result:
     rng = np.random.default_rng(spec.seed)
     r, md = spec.rattle, spec.md
     extra_rattled = rattled(frames.train, copies=r["copies"], stdev_ang=r["stdev_ang"], strain=r["strain"], rng=rng)
-    extra_md = md_snapshots(teacher.ase_calculator(), frames.train[: md["structures"]], steps=md["steps"],
+    md_start = [teacher.periodic(a) for a in frames.train[: md["structures"]]]  # the library sees no open axis
+    extra_md = md_snapshots(teacher.ase_calculator(), md_start, steps=md["steps"],
                             every=md["every"], temperature_k=md["temperature_k"], rng=rng)
     labelled = teacher.label([*frames.train, *extra_rattled, *extra_md], stress=stress)
     val_labelled = teacher.label(frames.val, stress=stress)

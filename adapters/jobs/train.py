@@ -89,7 +89,8 @@ def run(job: Job, progress: Callable[[dict], None]) -> Result:
     adapter = prepare.load(job, init=spec.init, covers=[*frames.train, *frames.val, *frames.test],
                            also_covers=[*forget_frames, *replay_frames], seed=spec.seed)
     timing: dict = {"load_s": time.perf_counter() - t0}
-    fields: dict = {"blocks": [{"name": b.name, "kind": b.kind, "n_params": b.n_params} for b in adapter.blocks()]}
+    fields: dict = {"blocks": [{"name": b.name, "kind": b.kind, "n_params": b.n_params} for b in adapter.blocks()],
+                    "accelerator": prepare.accelerator(adapter)}
     before = predictions(adapter, forget_frames, stress=False) if forget_frames else None
     if not spec.trains and spec.e0_policy == "refit":  # the foundation with its E0 refit, no training
         fields.update(prepare.adapt(adapter, freeze_k=0, e0_policy="refit", lora=None, train_frames=frames.train))
@@ -128,6 +129,10 @@ def run(job: Job, progress: Callable[[dict], None]) -> Result:
     if job.save_model_to:
         fields["model"] = _save(adapter, Path(job.save_model_to))
     timing["peak_rss_mb"] = peak_rss_mb()
+    if adapter.on_gpu:
+        import torch
+
+        timing["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(adapter.device) / 2**20
     return Result.from_dict({"status": "ok", **fields, "parameters": parameters, "timing": timing})
 
 

@@ -236,6 +236,11 @@ class SpecBase(Serial):
     checkpoint: str
     dataset: str
     dataset_sha256: str
+    # a user's own data: choices that change its labels or test set (absent for catalog data)
+    labels: dict[str, str] | None = additive(None)  # keys / stress unit other than the defaults (datasets.keys)
+    test_sha256: str | None = additive(None)  # the user's own test file (--test-file)
+    test_size: int | None = additive(None)  # the test set capped to at most this many frames (--test-size)
+    periodicity: str | None = additive(None)  # frames open along an axis: the rule that closed them
     extra: dict = field(default_factory=dict, compare=False)  # fields of a newer ftbench, kept
 
     def to_dict(self) -> dict:
@@ -353,6 +358,8 @@ class PerfSpec(SpecBase):
 
     kind: ClassVar[str] = "perf"
     n_structures: int
+    batch_sizes: tuple[int, ...] = additive(())  # predict throughput at each of these batch sizes too
+    train_steps: int = additive(0)  # the shared loop's step time vs a minimal loop, over this many steps
 
     @property
     def what(self) -> str:
@@ -629,6 +636,10 @@ class Timing(Serial):
     max_energy_diff_mev_per_atom: float | None = None
     max_force_diff_mev_per_ang: float | None = None
     max_stress_diff_gpa: float | None = None
+    predict_atoms_per_s_by_batch: dict[str, float] | None = None  # batch size -> atoms/s (featurized)
+    loop_step_s_per_structure: float | None = None  # the shared loop's training step...
+    minimal_step_s_per_structure: float | None = None  # ...and a minimal loop's, same loss terms and batches
+    peak_gpu_memory_mb: float | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def value(self, name: str) -> float | None:
@@ -641,6 +652,7 @@ class Environment(Serial):
 
     packages: dict[str, str] = field(default_factory=dict)
     python: str | None = None
+    executable: str | None = None  # the interpreter (a --python one shows here)
     threads: int | None = None
     device: str | None = None
     cpu: str | None = None
@@ -738,6 +750,7 @@ class Payload(Serial):
     md: dict | None = None  # MD jobs: per temperature and the dimer curves (adapters.md)
     diverged_epoch: int | None = None
     convergence: Convergence | None = None
+    accelerator: str | None = None  # on a GPU: the accelerated kernels used ("cuequivariance"), or "none"
     wall_s: float | None = None
     extra: dict = field(default_factory=dict, compare=False)
 

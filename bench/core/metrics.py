@@ -37,7 +37,7 @@ def _block(e_err: np.ndarray, f_err: np.ndarray, s_err: np.ndarray | None) -> di
         "energy_mae_mev_per_atom": 1000 * _mae(e_err),
         "forces_rmse_mev_per_ang": 1000 * _rmse(f_err),
         "forces_mae_mev_per_ang": 1000 * _mae(f_err),
-        "stress_rmse_gpa": EV_PER_A3_TO_GPA * _rmse(s_err) if s_err is not None else None,
+        "stress_rmse_gpa": EV_PER_A3_TO_GPA * _rmse(s_err) if s_err is not None and s_err.size else None,
         "n_structures": int(e_err.size),
         "n_atoms": int(f_err.shape[0]) if f_err.ndim == 2 else 0,
     }
@@ -50,7 +50,8 @@ def error_metrics(pred: dict[str, np.ndarray | None], ref: dict[str, np.ndarray 
 
     Args:
         pred, ref: ``energy`` [n] eV, ``forces`` [n_atoms, 3] eV/Å, ``n_atoms`` [n],
-            ``stress`` [n, 6] eV/Å³ or None (ref may lack stress; then it is skipped).
+            ``stress`` [n, 6] eV/Å³ or None (ref may lack stress; then it is skipped; ref rows
+            of NaN are frames whose stress does not count: ``datasets.labels``).
         groups: one label per structure.
     """
     n_atoms = np.asarray(ref["n_atoms"])
@@ -62,13 +63,14 @@ def error_metrics(pred: dict[str, np.ndarray | None], ref: dict[str, np.ndarray 
     f_err = np.asarray(pred["forces"]) - np.asarray(ref["forces"])
     has_stress = pred.get("stress") is not None and ref.get("stress") is not None
     s_err = np.asarray(pred["stress"]) - np.asarray(ref["stress"]) if has_stress else None
-    out = _block(e_err, f_err, s_err)
+    counted = np.isfinite(s_err).all(axis=1) if s_err is not None else None
+    out = _block(e_err, f_err, s_err[counted] if s_err is not None else None)
     if groups is not None:
         atom_group = np.repeat(np.asarray(groups), n_atoms)
         per = {}
         for g in sorted(set(groups)):
             mask = np.asarray(groups) == g
             per[g] = _block(e_err[mask], f_err[atom_group == g],
-                            s_err[mask] if s_err is not None else None)
+                            s_err[mask & counted] if s_err is not None else None)
         out["per_group"] = per
     return out

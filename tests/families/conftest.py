@@ -32,3 +32,10 @@ def make(request, checkpoint):
 @pytest.fixture(scope="module")
 def foundation(make):
     return make()
+
+
+@pytest.fixture(scope="module")
+def registered(foundation):
+    """The model whose checkpoint ``bench/registry.py`` describes (a module overrides it where
+    the foundation is a stand-in)."""
+    return foundation

@@ -12,9 +12,14 @@ the model (witness); trainable parameters shrink strictly with the freeze level;
 keeps frozen blocks bit-identical, changes the readout and improves the forces; the E0
 refit solves its normal equation; scratch shares the architecture; seeds reproduce; LoRA
 trains only its adapters and merges back exactly; soft-freeze gives each block kind its LR;
-``label`` copies frames with the model's predictions; a fine-tuned model exported in the
-library's native format reloads with the library's own loader in a fresh process and
-predicts what the adapter predicted.
+``label`` copies frames with the model's predictions; frames open along an axis
+(``datasets.periodicity``) give the numbers of the fully periodic frame with the same graph
+(a slab open along c, a cluster without a cell), slab stress in the periodic directions is
+the strain derivative of its energy, a gap within the cutoff is refused by name; the
+registry's static elements and cutoff are the model's (a module overrides the ``registered``
+fixture where its foundation is a stand-in); a fine-tuned model exported in the library's native
+format reloads with the library's own loader in a fresh process and predicts what the
+adapter predicted.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ase import units
+from ase import Atoms, units
+from ase.build import bcc110
 from torch.nn.utils import parametrize
 
 from adapters import lora
@@ -40,6 +46,7 @@ from adapters.training import _residuals as training_residuals
 from adapters.training import _targets as training_targets
 from bench.registry import get_model, resolve_strategy
 from datasets import load_dataset
+from datasets.periodicity import PeriodicityError
 
 SURFACE_AND_ELASTIC = {"Surface", "Elastic"}
 
@@ -85,6 +92,54 @@ def count_weighted_residual(adapter, frames) -> float:
     residual = np.array([a.calc.results["energy"] for a in frames]) - pred.energy
     n = pred.n_atoms.astype(float)
     return float(n @ residual / (n @ n))
+
+
+F32_EPS = float(np.finfo(np.float32).eps)  # 2^-23: one ulp of 1.0
+# the same graph evaluated twice in float32 (another summation order, or every position
+# translated by float32 rounding) differs by a few ulps of each result; 64 ulps of the
+# largest magnitude bounds it for these 4-12-atom structures without being loose enough to
+# hide a real difference (an open axis treated as a molecule moves E by eV, F by 0.1-5 eV/Å)
+ULPS = 64
+
+
+def mo_slab(vacuum: float = 6.0, pbc=(True, True, False)) -> Atoms:
+    """A rattled Mo bcc(110) slab, 2x2x3 (12 atoms); every family covers Mo."""
+    slab = bcc110("Mo", size=(2, 2, 3), vacuum=vacuum)
+    slab.rattle(0.05, seed=42)
+    slab.pbc = pbc
+    slab.info["source"] = f"mo-slab-vacuum-{vacuum:g}[0]"
+    return slab
+
+
+def mo_cluster(cell=None) -> Atoms:
+    """A Mo4 tetrahedron (2.7 Å edges), without a cell unless given one."""
+    cluster = Atoms("Mo4", positions=[[0, 0, 0], [2.7, 0, 0], [1.35, 2.338, 0], [1.35, 0.779, 2.205]])
+    cluster.rattle(0.02, seed=1)
+    if cell is not None:
+        cluster.set_cell(cell)
+        cluster.pbc = True
+        cluster.center()
+    return cluster
+
+
+def in_plane_strain_derivative(adapter, slab: Atoms, i: int, j: int, h: float) -> tuple[float, float]:
+    """(1/V) dE/dε_ij of ``slab`` for an in-plane strain, from the adapter's float32 energies,
+    and its error bound. Central differences at h and 2h, Richardson-extrapolated (the h² error
+    cancels; what is left, O(h⁴), is below 1e-7 eV/Å³ for |ε| ≤ 1 %); each energy's float32
+    rounding is at most ULPS/4 ulps of |E|, and the extrapolation multiplies the differences'
+    rounding δE/h by (4 + 1/2)/3, so the bound is 1.5 · (ULPS/4 · eps · |E|) / h / V."""
+    def energy(e: float) -> float:
+        strain = np.eye(3)
+        strain[i, j] += e / 2
+        strain[j, i] += e / 2
+        strained = slab.copy()
+        strained.set_cell(slab.cell[:] @ strain, scale_atoms=True)
+        return float(adapter.predict([strained], stress=False).energy[0])
+
+    volume = abs(np.linalg.det(slab.cell[:]))
+    d1, d2 = ((energy(k * h) - energy(-k * h)) / (2 * k * h) / volume for k in (1, 2))
+    rounding = ULPS / 4 * F32_EPS * abs(energy(0.0))
+    return (4 * d1 - d2) / 3, 1.5 * rounding / h / volume
 
 
 class AdapterContract:
@@ -333,6 +388,55 @@ class AdapterContract:
         np.testing.assert_allclose(np.concatenate([a.calc.results["forces"] for a in labelled]), pred.forces)
         assert labelled[0].info["group"] == frames[0].info["group"]
         assert frames[0].calc.results["energy"] != labelled[0].calc.results["energy"]  # DFT kept
+
+
+    def test_a_slab_open_along_c_gives_the_fully_periodic_numbers(self, foundation):
+        """pbc [T, T, F] vs pbc True, 12 Å of vacuum (over every cutoff): the same graph, so
+        the same energy and forces to float32 rounding (M3GNet on its own: 2.9 eV/atom apart)."""
+        open_c, closed = mo_slab(), mo_slab(pbc=True)
+        pred = foundation.predict([open_c, closed])
+        n = len(open_c)
+        assert pred.energy[0] == pytest.approx(pred.energy[1], abs=ULPS * F32_EPS * abs(pred.energy[1]))
+        np.testing.assert_allclose(pred.forces[:n], pred.forces[n:], rtol=0,
+                                   atol=ULPS * F32_EPS * np.abs(pred.forces).max())
+        assert np.abs(pred.forces).max() > 0.05  # the rattle makes the comparison non-trivial
+
+    def test_slab_stress_in_the_periodic_directions_is_the_strain_derivative(self, foundation):
+        """σ_xx, σ_yy, σ_xy of the open slab = (1/V) dE/dε of its energy (V: the cell with its
+        vacuum), the bound derived from float32 rounding (``in_plane_strain_derivative``). An
+        inflated volume (MACE's own handling of an open axis: V × 17 here) fails it."""
+        slab = mo_slab()
+        stress = foundation.predict([slab]).stress[0]
+        checked = 0.0
+        for k, (i, j) in ((0, (0, 0)), (1, (1, 1)), (5, (0, 1))):
+            reference, bound = in_plane_strain_derivative(foundation, slab, i, j, h=5e-3)
+            assert stress[k] == pytest.approx(reference, abs=bound), (k, stress[k], reference, bound)
+            checked = max(checked, abs(reference) / bound)
+        assert checked > 10  # the surface stress is far above the bound: a sign error or V × 17 would fail
+
+    def test_a_cluster_without_a_cell_gives_the_numbers_of_a_big_box(self, foundation):
+        """A Mo4 cluster with pbc False and no cell is given one with cutoff + 1 Å of vacuum: the
+        same energy and forces as in a 20 Å periodic box (CHGNet on its own: LinAlgError)."""
+        bare, boxed = mo_cluster(), mo_cluster(cell=[20.0, 20.0, 20.0])
+        pred = foundation.predict([bare, boxed])
+        assert foundation.periodic(bare).pbc.all()
+        assert pred.energy[0] == pytest.approx(pred.energy[1], abs=ULPS * F32_EPS * abs(pred.energy[1]))
+        np.testing.assert_allclose(pred.forces[:4], pred.forces[4:], rtol=0,
+                                   atol=ULPS * F32_EPS * np.abs(pred.forces).max())
+
+    def test_a_slab_whose_gap_is_within_the_cutoff_is_refused_by_name(self, foundation):
+        thin = mo_slab(vacuum=1.5)  # a 3 Å gap (2.98 after the rattle): below every family's cutoff
+        with pytest.raises(PeriodicityError, match=r"mo-slab-vacuum-1\.5\[0\]: field 'pbc': .*along c the gap "
+                           r"between periodic images is 2\.9\d Å, not more than the model's cutoff"):
+            foundation.predict([thin])
+
+    def test_registry_knows_the_checkpoint_s_elements_and_cutoff(self, registered):
+        """``bench/registry.py``'s static facts (check-data and planning use them without torch)
+        are the real model's."""
+        info = get_model(self.family).checkpoint_info(registered.checkpoint)
+        assert info is not None, registered.checkpoint
+        assert info.numbers == registered.supported_numbers()
+        assert info.cutoff == registered.cutoff
 
 
 class HotPathBenchmarks:

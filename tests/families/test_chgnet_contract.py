@@ -12,7 +12,8 @@ pytest.importorskip("chgnet", reason="runs in the chgnet environment: tox -e chg
 import torch
 
 from adapters.chgnet_adapter import CHGNetAdapter
-from tests.families.contract import AdapterContract, HotPathBenchmarks
+from bench.registry import get_model
+from tests.families.contract import AdapterContract, HotPathBenchmarks, mo_slab
 
 torch.set_num_threads(2)
 ADAPTER, CHECKPOINT = CHGNetAdapter, "0.3.0"
@@ -36,3 +37,28 @@ class TestCHGNetContract(AdapterContract, HotPathBenchmarks):
         counts = [adapter.freeze(k).parameter_counts()["trainable"] for k in range(7)]
         assert counts == [412_431, 398_402, 282_306, 166_210, 50_114, 12_738, 0]
         assert adapter.freeze(0, train_reference=True).parameter_counts()["trainable"] == 412_525
+
+
+@pytest.mark.parametrize("name", ["0.2.0", "r2scan"])
+def test_the_registry_knows_the_other_pretrained_checkpoints(name):
+    """The registry's static elements and cutoff of CHGNet's other pretrained weights (in the
+    wheel; the default one: the contract's registry test). 0.2.0's graph cutoff is 5 Å."""
+    adapter = CHGNetAdapter(name).load()
+    info = get_model("chgnet").checkpoint_info(name)
+    assert info.numbers == adapter.supported_numbers() and info.cutoff == adapter.cutoff
+
+
+def test_graphs_follow_atoms_pbc_as_chgnet_s_own_calculator_does(foundation, calculator):
+    """The graph builder honours ``atoms.pbc`` (pymatgen's Lattice defaults to periodic along
+    every axis): a slab open along c with a 3 Å gap, below the 6 Å cutoff, fed to the graph
+    builder directly (``featurize`` refuses it), gives CHGNet's own calculator's energy, and
+    differs from the same slab closed along c (measured before the fix: identical, 0.28
+    eV/atom off the calculator)."""
+    thin = mo_slab(vacuum=1.5)
+    closed = mo_slab(vacuum=1.5, pbc=True)
+    open_c = foundation.forward([foundation._featurize(thin)], stress=False)["energy"].item()
+    periodic = foundation.forward([foundation._featurize(closed)], stress=False)["energy"].item()
+    atoms = thin.copy()
+    atoms.calc = calculator
+    assert open_c == pytest.approx(atoms.get_potential_energy(), abs=1e-4 * len(thin))
+    assert abs(open_c - periodic) > 0.1 * len(thin)

@@ -19,6 +19,7 @@ from ase.build import bulk
 from adapters.base import CheckpointUnavailable
 from adapters.m3gnet_adapter import M3GNetAdapter
 from adapters.training import TrainConfig, refit_reference_energies
+from bench.registry import get_model
 from tests.families.contract import AdapterContract, HotPathBenchmarks
 
 torch.set_num_threads(1)  # 2-core CI machines; extra threads only contend
@@ -122,6 +123,8 @@ class TestM3GNetContract(AdapterContract, HotPathBenchmarks):
         assert [b.name for b in blocks] == [b.name for b in foundation.blocks()]
         assert sum(b.n_params for b in blocks) == mp.parameter_counts()["total"] == 288_157
         assert mp.reference_energies()[42] != foundation.reference_energies()[42]
+        info = get_model("m3gnet").checkpoint_info("M3GNet-MP-2021.2.8-PES")
+        assert info.numbers == mp.supported_numbers() and info.cutoff == mp.cutoff
 
     def test_forces_are_minus_the_energy_gradient(self, foundation):
         atoms = bulk("Mo", "bcc", a=3.16, cubic=True) * (2, 2, 2)
@@ -169,3 +172,39 @@ class TestM3GNetContract(AdapterContract, HotPathBenchmarks):
         assert str(tmp_path / "matgl" / "M3GNet-No-Such-Model-PES") in str(info.value)
         with pytest.raises(CheckpointUnavailable, match="not an existing directory"):
             M3GNetAdapter(str(tmp_path / "missing")).load()
+
+
+def test_a_slab_file_gives_the_same_numbers_whatever_its_pbc_along_the_vacuum(foundation, tmp_path):
+    """Issue 15's case: three rattled Cu(111) slabs with 12 Å of vacuum, labelled by EMT, written
+    with pbc [T, T, F] (as ASE's surface builders make them) and with pbc True, read as a job
+    reads its files: the same test errors (M3GNet's own Atoms2Graph made the open slab a
+    molecule: force RMS vs EMT 0.68 eV/Å, against 0.021 periodic)."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from adapters.jobs.common import read_frames, test_metrics
+
+    slabs = []
+    for seed in range(3):
+        slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+        slab.rattle(0.05, seed=seed)
+        del slab.info["adsorbate_info"]
+        slab.calc = EMT()
+        slab.calc = SinglePointCalculator(slab, energy=slab.get_potential_energy(), forces=slab.get_forces(),
+                                          stress=slab.get_stress())
+        slabs.append(slab)
+    metrics = {}
+    for flag in (False, True):
+        frames = [a.copy() for a in slabs]
+        for atoms, original in zip(frames, slabs, strict=True):
+            atoms.pbc = [True, True, flag]
+            atoms.calc = SinglePointCalculator(atoms, **original.calc.results)
+        write(tmp_path / f"slabs-{flag}.xyz", frames, format="extxyz")
+        metrics[flag] = test_metrics(foundation, read_frames(str(tmp_path / f"slabs-{flag}.xyz")))
+    for name in ("energy_rmse_mev_per_atom", "forces_rmse_mev_per_ang"):
+        assert metrics[False][name] == pytest.approx(metrics[True][name], rel=1e-5, abs=1e-3), name
+    assert metrics[True]["forces_rmse_mev_per_ang"] < 100  # 21 meV/Å measured; the molecule path: 680
+    assert metrics[False]["stress_rmse_gpa"] is None  # an open slab's stress is not scored
+    assert metrics[True]["stress_rmse_gpa"] is not None

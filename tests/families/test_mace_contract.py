@@ -63,6 +63,13 @@ def calculator(foundation_path):
     return MACECalculator(model_paths=str(foundation_path), device="cpu", default_dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def registered():
+    """The registry describes MACE-MP-0-small: from its file where cached, else (here) the
+    same architecture the adapter builds without it (its elements and r_max are the model's)."""
+    return MACEAdapter("mace-mp-0-small").load(scratch=True)
+
+
 class TestMACEContract(AdapterContract, HotPathBenchmarks):
     family = "mace"
     calculator_atol = (1e-5, 1e-5, 1e-7)

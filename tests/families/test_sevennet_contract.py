@@ -15,6 +15,7 @@ import torch
 from adapters.base import CheckpointUnavailable
 from adapters.sevennet_adapter import SevenNetAdapter
 from adapters.training import TrainConfig, refit_reference_energies
+from bench.registry import get_model
 from tests.families.contract import AdapterContract, HotPathBenchmarks, console_script
 
 torch.set_num_threads(1)
@@ -96,3 +97,15 @@ class TestSevenNetContract(AdapterContract, HotPathBenchmarks):
         pred = adapter.predict(small, stress=False)
         n = pred.n_atoms.astype(float)  # whatever sevenn's species index and scale
         np.testing.assert_allclose(pred.energy - before, n * (new[42] - old), atol=2e-4 * n.max())
+
+
+@pytest.mark.parametrize("name", ["7net-0_22may2024", "7net-l3i5"])
+def test_the_registry_knows_the_other_checkpoints(name):
+    """The registry's static elements and cutoff of SevenNet's other named checkpoints, where
+    they are on disk (the default one: the contract's registry test)."""
+    try:
+        adapter = SevenNetAdapter(name).load()
+    except CheckpointUnavailable as exc:
+        pytest.skip(str(exc))
+    info = get_model("sevennet").checkpoint_info(name)
+    assert info.numbers == adapter.supported_numbers() and info.cutoff == adapter.cutoff
