@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import figures, lr_grid, targets
 from bench import headline as hl
 from bench.core.contract import Environment, Provenance, Record, SurrogateSpec, TrainSpec
+from bench.planned import incomplete_note
 from bench.registry import MODELS
 from bench.saved_report import saved_models_section
 from bench.sections import Section
@@ -512,6 +513,8 @@ def build_sections(records: list[Record], root: Path | None = None, headline: di
                     ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
                     (f" ({', '.join(jobs)})" if jobs else "") +
                     ". Errors are on each dataset's fixed test set; mean ± std over seeds.")
+    if root and (note := incomplete_note(root, records)):
+        intro.text(note)
     paragraphs, best_table = summarise(h, curves, labels)
     for text in paragraphs:
         intro.text(text)

@@ -49,6 +49,7 @@ from bench.core.contract import (
 )
 from bench.executors import Lost, make_executor
 from bench.plan import Plan, PlannedRun
+from bench.planned import write_planned
 from bench.progress import Progress
 from bench.provenance import now, provenance
 from bench.registry import ModelInfo
@@ -307,6 +308,7 @@ def execute(plan: Plan, store: Store) -> dict[str, float]:
     """Run every planned spec not already ``ok`` with the configured executor; returns counts
     by status (+ ``reused``, ``env_setup_s``) and appends the sweep to ``sweeps.jsonl``."""
     t_start, sweep_started = time.perf_counter(), now()
+    write_planned(store.root, plan, sweep_started)
     datasets = {**plan.datasets, **({plan.other.name: plan.other} if plan.other else {})}
     data = {name: _data_files(ds, store) for name, ds in datasets.items()}
     counts: dict[str, float] = {"reused": 0}

@@ -397,3 +397,17 @@ def test_new_sections_only_with_data(synthetic_store):
     sec = section(build_sections(only_mixing), "Physical properties")
     (mixing,) = tables(sec)
     assert mixing[1][0][4] == "–" and row(mixing, "chgnet (0.3.0)", "finetune")[6] == "error: no DFT reference"
+
+
+def test_a_report_built_while_planned_runs_lack_records_says_it_is_incomplete(synthetic_store):
+    records = Store(synthetic_store).all()
+    specs = {r.spec_id: r.spec.label for r in records}
+    planned = synthetic_store / "planned.json"
+    planned.write_text(json.dumps({"preset": "study", "started_at": "2026-12-04T22:19:00+00:00", "specs": specs}))
+    assert "Incomplete" not in build_sections(records, synthetic_store)[0].parts[1][1]
+    lost = [r for r in records if r.spec.kind == "train"][:9]
+    missing = [r for r in records if r not in lost]
+    intro = build_sections(missing, synthetic_store)[0]
+    note = intro.parts[1][1]
+    assert note.startswith(f"Incomplete: 9 of {len(specs)} runs planned by the last `bench run` (preset study")
+    assert all(r.spec.label in note for r in lost[:8]) and note.endswith("; and 1 more.")

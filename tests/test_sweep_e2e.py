@@ -59,7 +59,9 @@ def test_sweep_writes_records_and_a_report_from_them(tmp_path):
     frozen = recs["chgnet/freeze-interactions"]
     assert frozen["parameters"]["trainable"] < recs["chgnet/scratch"]["parameters"]["trainable"]
     assert [row["epoch"] for row in frozen["curve"]] == [0, 1]  # 0: the starting model
-    assert frozen["timing"]["step_s_per_structure"] > 0
+    assert frozen["timing"]["step_s_per_structure"] > 0 and frozen["timing"]["warmup_step_s"] > 0
+    # what the sweep set out to run: every record's spec (so a report of a partial sweep says so)
+    assert set(json.loads((out / "planned.json").read_text())["specs"]) == {r["spec_id"] for r in recs.values()}
     assert frozen["environment"]["packages"]["chgnet"] == "0.4.2"
     assert frozen["resolved_train_config"]["forces_weight"] == 1.0
     assert frozen["resolved_train_config"]["epochs"] == frozen["spec"]["train_config"]["epochs"] == 1

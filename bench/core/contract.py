@@ -599,7 +599,8 @@ class Timing(Serial):
 
     Training (``adapters.training.History``): ``featurize_s``, ``train_s``, ``s_per_epoch``,
     ``step_s_per_structure`` (forward + backward + step per training structure),
-    ``step_time_median_s``, ``best_epoch``, ``stopped``, ``uses_stress``,
+    ``step_time_median_s`` (these three at steady state: without the run's first step,
+    recorded as ``warmup_step_s``), ``best_epoch``, ``stopped``, ``uses_stress``,
     ``data_fraction_after_epoch1``. Timing jobs (``adapters.perf``): ``*_s_per_structure``,
     ``speedup_vs_ase_calculator``, ``*_atoms_per_s`` and the agreement ``max_*_diff_*``.
     ``reference_workload_s``: a fixed torch workload timed by the same worker, so timings
@@ -612,6 +613,7 @@ class Timing(Serial):
     s_per_epoch: float | None = None
     step_time_median_s: float | None = None
     step_s_per_structure: float | None = None
+    warmup_step_s: float | None = None
     best_epoch: int | None = None
     stopped: str | None = None
     uses_stress: bool | None = None

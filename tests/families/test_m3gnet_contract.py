@@ -18,7 +18,7 @@ from ase.build import bulk
 
 from adapters.base import CheckpointUnavailable
 from adapters.m3gnet_adapter import M3GNetAdapter
-from adapters.training import TrainConfig, refit_reference_energies
+from adapters.training import History, TrainConfig, refit_reference_energies
 from bench.registry import get_model
 from tests.families.contract import AdapterContract, HotPathBenchmarks
 
@@ -208,3 +208,16 @@ def test_a_slab_file_gives_the_same_numbers_whatever_its_pbc_along_the_vacuum(fo
     assert metrics[True]["forces_rmse_mev_per_ang"] < 100  # 21 meV/Å measured; the molecule path: 680
     assert metrics[False]["stress_rmse_gpa"] is None  # an open slab's stress is not scored
     assert metrics[True]["stress_rmse_gpa"] is not None
+
+
+def test_the_warm_up_step_is_recorded_apart_from_the_steady_state_timings():
+    """The loop's timing summary (family-independent; run here, the lightest environment)."""
+    hist = History(epochs=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}], train_s=20.0,
+                   step_times_s=[7.0, 1.0, 2.0, 1.5], step_sizes=[2, 2, 2, 1])
+    t = hist.as_dict()
+    assert t["warmup_step_s"] == 7.0
+    assert t["step_time_median_s"] == 1.5
+    assert t["step_s_per_structure"] == 4.5 / 5
+    assert t["s_per_epoch"] == (20.0 - (7.0 - 1.5)) / 2  # the warm-up's excess is paid once
+    alone = History(epochs=[{"epoch": 0}, {"epoch": 1}], train_s=3.0, step_times_s=[2.0], step_sizes=[4]).as_dict()
+    assert (alone["warmup_step_s"], alone["step_s_per_structure"], alone["s_per_epoch"]) == (2.0, 0.5, 3.0)
