@@ -96,8 +96,8 @@ def run_sweep(cfg: SweepConfig, *, report: bool = True, log=None) -> Results:
     store = Store(Path(cfg.out)).prepare()
     counts: dict = {}
 
-    def run(plan: Plan) -> None:
-        for status, n in execute(plan, store).items():
+    def run(plan: Plan, follow_up: bool = False) -> None:
+        for status, n in execute(plan, store, follow_up=follow_up).items():
             counts[status] = counts.get(status, 0) + n
 
     chosen: dict = {}
@@ -122,7 +122,7 @@ def run_sweep(cfg: SweepConfig, *, report: bool = True, log=None) -> Results:
             log(f"note: {note}")
         if specs:
             run(dataclasses.replace(plan, runs=[PlannedRun(spec, get_model(spec.model), model_file=path)
-                                                for spec, path in specs]))
+                                                for spec, path in specs]), follow_up=True)
     atomic_write_json(store.root / HEADLINE_SETTINGS, cfg.headline)  # `bench report` reuses them
     if report:
         write_report(store.root, headline=cfg.headline)
@@ -144,7 +144,7 @@ def _keep_best_models(plan: Plan, store: Store, run, log) -> None:
     if lacking:
         log(f"training again {len(lacking)} best run(s) whose model is not saved")
         run(dataclasses.replace(plan, runs=[dataclasses.replace(r, require_model=True) for r in plan.runs
-                                            if r.spec.spec_id in lacking]))
+                                            if r.spec.spec_id in lacking]), follow_up=True)
     records = _planned(plan, store)
     keep = {r.run_id for r in best.values()} | {r.run_id for r in records if r.spec_id in lacking}
     for r in records:

@@ -3,7 +3,8 @@ built while runs are missing (interrupted, still running, or running elsewhere) 
 instead of reading as a finished sweep.
 
 ``execute`` writes ``planned.json`` (the spec id and label of every planned run, derived
-runs included) before it starts; the report compares it with the stored records.
+runs included) before it starts; a sweep's follow-up runs (best models trained again, MD
+jobs on saved models) are added to it; the report compares it with the stored records.
 
 Example:
     >>> incomplete_note(Path("reports/studies/mlearn-Mo-m3gnet"), Store(...).all())
@@ -26,13 +27,19 @@ PLANNED = "planned.json"
 SHOWN = 8  # missing runs named in the note; the count covers the rest
 
 
-def write_planned(root: Path, plan: Plan, started_at: str) -> None:
+def write_planned(root: Path, plan: Plan, started_at: str, *, add: bool = False) -> None:
+    """Record ``plan``'s runs; ``add``: the same sweep's follow-up runs, kept beside the runs
+    it planned first (not replacing them)."""
     specs = {}
+    path = Path(root) / PLANNED
+    if add and path.is_file():
+        before = json.loads(path.read_text())
+        specs, started_at = before["specs"], before["started_at"]
     for run in plan.runs:
         specs[run.spec.spec_id] = run.spec.label
         for derived in run.derived:
             specs[derived.spec.spec_id] = derived.spec.label
-    atomic_write_json(Path(root) / PLANNED, {"preset": plan.config.preset, "started_at": started_at,
+    atomic_write_json(path, {"preset": plan.config.preset, "started_at": started_at,
                                              "specs": specs})
 
 

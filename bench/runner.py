@@ -304,11 +304,12 @@ def run_planned(run: PlannedRun, slot: WorkerSlot, *, data: dict, store: Store, 
         return Outcome(record, derived=derived)
 
 
-def execute(plan: Plan, store: Store) -> dict[str, float]:
+def execute(plan: Plan, store: Store, *, follow_up: bool = False) -> dict[str, float]:
     """Run every planned spec not already ``ok`` with the configured executor; returns counts
-    by status (+ ``reused``, ``env_setup_s``) and appends the sweep to ``sweeps.jsonl``."""
+    by status (+ ``reused``, ``env_setup_s``) and appends the sweep to ``sweeps.jsonl``.
+    ``follow_up``: more runs of the sweep just executed (``planned.json`` gains them)."""
     t_start, sweep_started = time.perf_counter(), now()
-    write_planned(store.root, plan, sweep_started)
+    write_planned(store.root, plan, sweep_started, add=follow_up)
     datasets = {**plan.datasets, **({plan.other.name: plan.other} if plan.other else {})}
     data = {name: _data_files(ds, store) for name, ds in datasets.items()}
     counts: dict[str, float] = {"reused": 0}

@@ -202,3 +202,22 @@ def test_the_report_shows_saved_models_and_md_rows_under_their_criteria(saved_st
                     "each model; their records say so).") in sec.parts
     titles = [s.title for s in build_sections(records, saved_store)]
     assert titles.index("Saved models and MD stability") == titles.index("Physical properties") + 1
+
+
+def test_follow_up_runs_join_the_runs_the_sweep_planned(tmp_path):
+    """The best models trained again and the MD jobs run after the sweep's plan: planned.json
+    gains them (an interrupted MD job is then named as missing) without losing the others."""
+    from types import SimpleNamespace
+
+    from bench.planned import PLANNED, write_planned
+
+    def plan(*ids):
+        return SimpleNamespace(config=SimpleNamespace(preset="study"), runs=[
+            SimpleNamespace(spec=SimpleNamespace(spec_id=i, label=f"run {i}"), derived=()) for i in ids])
+
+    write_planned(tmp_path, plan("a", "b"), "t0")
+    write_planned(tmp_path, plan("md"), "t1", add=True)
+    assert json.loads((tmp_path / PLANNED).read_text()) == {
+        "preset": "study", "started_at": "t0", "specs": {"a": "run a", "b": "run b", "md": "run md"}}
+    write_planned(tmp_path, plan("c"), "t2")  # the next `bench run` starts afresh
+    assert json.loads((tmp_path / PLANNED).read_text())["specs"] == {"c": "run c"}

@@ -398,6 +398,7 @@ def test_saved_models_export_reload_and_md_end_to_end(tmp_path):
     best = min((recs[k] for k in trained), key=lambda r: r["convergence"]["val_forces_best_mev_per_ang"])
     md = recs["chgnet/md"]
     assert md["status"] == "ok" and md["spec"]["model_run"] == best["run_id"]
+    assert set(json.loads((out / "planned.json").read_text())["specs"]) == {r["spec_id"] for r in recs.values()}
     assert md["spec"]["model_sha256"] == best["artefacts"]["model"]["sha256"]
     assert md["spec"]["temperatures_k"] == [300.0, 6000.0]  # the catalog's for mlearn-Mo
     runs = md["md"]["runs"]
