@@ -84,10 +84,10 @@ def test_run_ids_cover_the_runtime():
 def test_records_of_the_earlier_baseline_migrate_and_match_a_plan_of_their_settings():
     """That baseline was stored before records carried their runtime and spec id: each loads,
     its runtime comes from its environment, and its spec id equals today's plan of the same
-    settings (its strategies, energy weight 1): the fields added since leave the specs as they were."""
+    settings (its strategies, energy weight 1, batch size 3): the fields added since leave the specs as they were."""
     records = Store(LEGACY).all()
     then = SweepConfig.from_preset("regression", strategies=("zero-shot", "scratch", "finetune",
-                                                              "freeze-interactions"), energy_weight=1.0)
+                                                              "freeze-interactions"), energy_weight=1.0, batch_size=3)
     planned = {run.spec.spec_id for run in make_plan(then).runs}
     assert len(records) == 16 and {r.spec_id for r in records} == planned
     today = {run.spec.spec_id for run in make_plan(SweepConfig.from_preset("regression")).runs}
