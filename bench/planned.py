@@ -35,12 +35,8 @@ def write_planned(root: Path, plan: Plan, started_at: str, *, add: bool = False)
     if add and path.is_file():
         before = json.loads(path.read_text())
         specs, started_at = before["specs"], before["started_at"]
-    for run in plan.runs:
-        specs[run.spec.spec_id] = run.spec.label
-        for derived in run.derived:
-            specs[derived.spec.spec_id] = derived.spec.label
-    atomic_write_json(path, {"preset": plan.config.preset, "started_at": started_at,
-                                             "specs": specs})
+    specs.update({r.spec.spec_id: r.spec.label for run in plan.runs for r in (run, *run.derived)})
+    atomic_write_json(path, {"preset": plan.config.preset, "started_at": started_at, "specs": specs})
 
 
 def incomplete_note(root: Path, records: list[Record]) -> str | None:
